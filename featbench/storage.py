@@ -1,0 +1,377 @@
+"""Task data on disk: building the variant datasets of a suite, verifying and loading them.
+
+One *variant dataset* holds the feature maps of one (backbone, layer, variant) for every view of
+every image of the suite, as a Hugging Face ``DatasetDict`` (splits ``train`` / ``test``) saved
+with ``save_to_disk``: columns ``image_id``, ``view``, ``label``, ``features`` (float16 C×h×w) and,
+for vision transformers, ``prefix`` (float16 C×k, the class and register tokens). It lives in
+
+    <cache>/datasets/<backbone>/<layer>/<variant>-<key[:16]>/
+
+beside a ``featbench.json`` that records its full key (the hash of `Suite.variant_spec`) and the
+sha256 of each data file. A dataset whose record or files do not match is never used: loading
+refuses it, building rebuilds it. Builds stream: images are decoded once per chunk, every
+manipulation is derived from the decoded pixels, one forward pass serves all layers, and each
+chunk is written as an Arrow shard, so an interrupted build resumes at the first missing shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import datasets
+import numpy as np
+import torch
+from datasets import Array2D, Array3D, DatasetDict, Features, Value
+from datasets.arrow_writer import ArrowWriter
+from tqdm.auto import tqdm
+
+from featbench.backbones import Backbone, backbone_fingerprint, load_backbone
+from featbench.errors import DataError
+from featbench.hashing import sha256_file, sha256_json
+from featbench.images import ImageRecord, ImageSource, seed_for, split_by_name, views
+from featbench.manipulations import Manipulation
+from featbench.paths import cache_dir
+from featbench.suites import ORIGINAL, Suite, Task
+
+SPLITS = ("train", "test")
+RECORD = "featbench.json"
+
+
+def variant_name(manipulation: Manipulation | None) -> str:
+    return manipulation.name if manipulation else ORIGINAL
+
+
+@dataclass(frozen=True)
+class VariantRef:
+    """Where one variant dataset lives and the key it must carry."""
+
+    backbone: str
+    layer: str
+    variant: str
+    key: str
+    spec: dict
+
+    @property
+    def path(self) -> Path:
+        return cache_dir() / "datasets" / self.backbone / self.layer / f"{self.variant}-{self.key[:16]}"
+
+    @property
+    def partial(self) -> Path:
+        return self.path.with_name(self.path.name + ".partial")
+
+
+def variant_refs(suite: Suite, backbone: str, layer: str,
+                 fingerprint: dict | None = None) -> dict[str, VariantRef]:
+    """The variant datasets of one backbone and layer, keyed by variant name."""
+    fingerprint = fingerprint or backbone_fingerprint(backbone)
+    manifest = suite.images["manifest_sha256"]
+    out = {}
+    for m in suite.variants():
+        spec = suite.variant_spec(manifest, fingerprint, layer, m)
+        out[variant_name(m)] = VariantRef(backbone, layer, variant_name(m), sha256_json(spec), spec)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# verification
+
+
+def read_record(ref: VariantRef, check_files: bool = True) -> dict:
+    """The dataset's ``featbench.json`` after checking its key and (optionally) its files."""
+    record_path = ref.path / RECORD
+    if not record_path.is_file():
+        raise DataError(f"no built dataset for {ref.backbone}/{ref.layer}/{ref.variant} at {ref.path}")
+    try:
+        record = json.loads(record_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"cached dataset {ref.path} has a damaged {RECORD}: {exc}") from exc
+    if record.get("key") != ref.key:
+        raise DataError(f"cached dataset {ref.path} was built for another spec (key {str(record.get('key'))[:16]}…)")
+    if check_files:
+        for rel, digest in record["files"].items():
+            f = ref.path / rel
+            if not f.is_file():
+                raise DataError(f"cached dataset {ref.path} is incomplete: {rel} is missing")
+            if sha256_file(f) != digest:
+                raise DataError(f"cached dataset {ref.path} is corrupt: {rel} does not match its recorded "
+                                "sha256. Run `featbench build` for its suite to rebuild it.")
+    return record
+
+
+def is_built(ref: VariantRef) -> bool:
+    try:
+        read_record(ref)
+    except DataError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# building
+
+
+@dataclass
+class BuildReport:
+    suite: str
+    built: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    rebuilt_corrupt: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    bytes_on_disk: int = 0
+    n_images: int = 0
+
+    def summary(self) -> str:
+        lines = [f"suite {self.suite}: {len(self.built)} datasets built, {len(self.reused)} reused, "
+                 f"{len(self.rebuilt_corrupt)} corrupt ones rebuilt; {self.n_images} images; "
+                 f"{self.bytes_on_disk / 2**30:.2f} GiB on disk; {self.seconds:.0f} s"]
+        lines += [f"  rebuilt (was corrupt): {name}" for name in self.rebuilt_corrupt]
+        return "\n".join(lines)
+
+
+def _features_schema(shape: Sequence[int], prefix_shape: Sequence[int] | None) -> Features:
+    cols = {"image_id": Value("string"), "view": Value("int16"), "label": Value("int32"),
+            "features": Array3D(tuple(shape), "float16")}
+    if prefix_shape:
+        cols["prefix"] = Array2D(tuple(prefix_shape), "float16")
+    return Features(cols)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    split: str
+    index: int
+    records: tuple[ImageRecord, ...]
+
+    @property
+    def shard(self) -> str:
+        return f"{self.split}-{self.index:05d}.arrow"
+
+
+def _chunks(splits: dict[str, list[ImageRecord]], images_per_chunk: int) -> list[_Chunk]:
+    out = []
+    for split in SPLITS:
+        recs = splits[split]
+        for i in range(0, len(recs), images_per_chunk):
+            out.append(_Chunk(split, i // images_per_chunk, tuple(recs[i:i + images_per_chunk])))
+    return out
+
+
+def _batched_features(bb: Backbone, x: torch.Tensor, layers: list[str], batch_size: int) -> dict[str, tuple]:
+    """Features in fixed-size batches (the last one padded), so a compiled extractor sees one shape."""
+    outs: dict[str, list] = {layer: [] for layer in layers}
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size]
+        n = len(xb)
+        if n < batch_size:
+            xb = torch.cat([xb, xb.new_zeros(batch_size - n, *xb.shape[1:])])
+        feats = bb.features(xb, layers)
+        for layer in layers:
+            f = feats[layer]
+            prefix = getattr(f, "prefix", None)
+            outs[layer].append((f[:n], None if prefix is None else prefix[:n]))
+    result = {}
+    for layer, parts in outs.items():
+        maps = torch.cat([p[0] for p in parts])
+        prefixes = None if parts[0][1] is None else torch.cat([p[1] for p in parts])
+        result[layer] = (maps, prefixes)
+    return result
+
+
+def _write_shard(path: Path, schema: Features, ids: list[str], view_ix: list[int], labels: list[int],
+                 maps: torch.Tensor, prefixes: torch.Tensor | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    batch = {"image_id": ids, "view": view_ix, "label": labels,
+             "features": maps.to(torch.float16).numpy()}
+    if prefixes is not None:
+        batch["prefix"] = prefixes.to(torch.float16).numpy()
+    with ArrowWriter(features=schema, path=str(tmp)) as writer:
+        writer.write_batch(batch)
+        writer.finalize()
+    os.replace(tmp, path)
+
+
+def _finalize(ref: VariantRef, chunks: list[_Chunk], n_rows: dict[str, int]) -> int:
+    """Assemble the shards into a saved DatasetDict with its record; returns bytes on disk."""
+    parts = {split: [datasets.Dataset.from_file(str(ref.partial / c.shard)) for c in chunks if c.split == split]
+             for split in SPLITS}
+    dd = DatasetDict({split: datasets.concatenate_datasets(ds) for split, ds in parts.items()})
+    for split in SPLITS:
+        if len(dd[split]) != n_rows[split]:
+            raise DataError(f"{ref.partial}: {split} has {len(dd[split])} rows, expected {n_rows[split]}")
+    tmp = ref.path.with_name(ref.path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dd.save_to_disk(str(tmp))
+    files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*.arrow"))}
+    record = {"key": ref.key, "spec": ref.spec, "files": files, "rows": n_rows,
+              "columns": list(dd["train"].column_names), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (tmp / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))
+    shutil.rmtree(ref.path, ignore_errors=True)
+    os.replace(tmp, ref.path)
+    shutil.rmtree(ref.partial, ignore_errors=True)
+    return sum(p.stat().st_size for p in ref.path.rglob("*") if p.is_file())
+
+
+def build_suite(suite: Suite, images: str | Path | None = None, custom: bool = False, *,
+                backbones: Iterable[str] | None = None, batch_size: int = 32, compile: bool = False,
+                progress: bool = True) -> tuple[Suite, BuildReport]:
+    """Extract and cache every variant dataset of `suite`; returns the suite built (custom or not).
+
+    `images` overrides the image folder; with `custom`, a folder that is not the pinned one
+    builds a custom suite (see `Suite.as_custom`). `compile` uses ``torch.compile`` for the
+    forward passes (worth its start-up time on full suites).
+    """
+    start = time.time()
+    source = suite.image_source(images, custom=custom)
+    if source.manifest_sha256 != suite.images.get("manifest_sha256"):
+        suite = suite.as_custom(source)
+    report = BuildReport(suite.name, n_images=len(source))
+    splits = split_by_name(source.records, suite.n_test)
+    n_rows = {s: len(splits[s]) * suite.views[s] for s in SPLITS}
+    images_per_chunk = max(1, batch_size // max(suite.views.values()))
+    chunks = _chunks(splits, images_per_chunk)
+    for backbone_name in backbones or suite.backbones:
+        _build_backbone(suite, source, backbone_name, chunks, n_rows, batch_size, compile, progress, report)
+    report.seconds = time.time() - start
+    return suite, report
+
+
+def _build_backbone(suite: Suite, source: ImageSource, backbone_name: str, chunks: list[_Chunk],
+                    n_rows: dict[str, int], batch_size: int, compile: bool, progress: bool,
+                    report: BuildReport) -> None:
+    layers = suite.backbones[backbone_name]
+    refs = {layer: variant_refs(suite, backbone_name, layer) for layer in layers}
+    todo: dict[str, list[str]] = {}  # variant → layers still to build
+    for layer, by_variant in refs.items():
+        for variant, ref in by_variant.items():
+            label = f"{backbone_name}/{layer}/{variant}"
+            if is_built(ref):
+                report.reused.append(label)
+                report.bytes_on_disk += sum(p.stat().st_size for p in ref.path.rglob("*") if p.is_file())
+                continue
+            if ref.path.exists():  # damaged or stale: rebuilt, never used
+                report.rebuilt_corrupt.append(label)
+                shutil.rmtree(ref.path)
+            todo.setdefault(variant, []).append(layer)
+    if not todo:
+        return
+    bb = load_backbone(backbone_name, compile=compile)
+    manipulations = {variant_name(m): m for m in suite.variants()}
+    schemas = {}
+    for layer in layers:
+        c, h, w = bb.layers[layer]
+        schemas[layer] = _features_schema((c, h, w), (c, bb.num_prefix_tokens) if bb.num_prefix_tokens else None)
+    pre = bb.spec.preprocessing
+    bar = tqdm(chunks, desc=f"build {backbone_name}", unit="chunk", disable=not progress)
+    for chunk in bar:
+        pending = {v: [layer for layer in ls if not (refs[layer][v].partial / chunk.shard).is_file()]
+                   for v, ls in todo.items()}
+        pending = {v: ls for v, ls in pending.items() if ls}
+        if not pending:
+            continue
+        n_views = suite.views[chunk.split]
+        pixels, ids, view_ix, labels = [], [], [], []
+        for rec in chunk.records:  # decode once; every variant below derives from these pixels
+            image = source.open(rec)
+            for v, px in enumerate(views(image, n_views, pre.resize, pre.crop, pre.interpolation,
+                                         seed_for(suite.seed, rec.image_id))):
+                pixels.append(px)
+                ids.append(rec.image_id)
+                view_ix.append(v)
+                labels.append(rec.label)
+        pixels_t = torch.stack(pixels)
+        for variant, variant_layers in pending.items():
+            m = manipulations[variant]
+            x = pixels_t
+            if m is not None:
+                x = m(pixels_t, [seed_for(suite.seed, i, v, m.name) for i, v in zip(ids, view_ix)])
+            feats = _batched_features(bb, bb.normalize(x), variant_layers, batch_size)
+            for layer in variant_layers:
+                maps, prefixes = feats[layer]
+                _write_shard(refs[layer][variant].partial / chunk.shard, schemas[layer], ids, view_ix, labels,
+                             maps, prefixes)
+    bar.close()
+    for variant, variant_layers in todo.items():
+        for layer in variant_layers:
+            report.bytes_on_disk += _finalize(refs[layer][variant], chunks, n_rows)
+            report.built.append(f"{backbone_name}/{layer}/{variant}")
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+def column_array(ds: datasets.Dataset, column: str) -> np.ndarray:
+    """A fixed-shape array column as one numpy array, without per-row conversion (float16 kept)."""
+    feature = ds.features[column]
+    shape = feature.shape
+    table = ds.with_format("arrow")[:][column]
+    chunks = []
+    for chunk in table.chunks:
+        values = chunk.storage if hasattr(chunk, "storage") else chunk
+        for _ in range(len(shape)):
+            values = values.flatten()
+        chunks.append(values.to_numpy(zero_copy_only=False).reshape(-1, *shape))
+    return np.concatenate(chunks) if chunks else np.zeros((0, *shape), dtype=feature.dtype)
+
+
+@dataclass
+class TaskData:
+    """A task's data: ``train`` and ``test`` datasets with columns image_id, view, label, x and,
+    for the map track, y (plus x_prefix / y_prefix for vision transformers)."""
+
+    task: Task
+    train: datasets.Dataset
+    test: datasets.Dataset
+    record: dict  # variant keys and data hashes this task was read from
+
+    @property
+    def content_sha256(self) -> str:
+        """Hash over the task's spec and its data files."""
+        return sha256_json({"task": self.task.id, "version": self.task.version, **self.record})
+
+
+def load_variant(ref: VariantRef) -> tuple[DatasetDict, dict]:
+    record = read_record(ref)
+    return datasets.load_from_disk(str(ref.path)), record
+
+
+def load_task(suite: Suite, task: Task | str) -> TaskData:
+    """Read a built task (verified against its keys and data hashes); a clear error if not built."""
+    if isinstance(task, str):
+        task = suite.get_task(task)
+    refs = variant_refs(suite, task.backbone, task.layer)
+    try:
+        source, source_record = load_variant(refs[ORIGINAL])
+        parts = {"x": source}
+        records = {"x": {"key": refs[ORIGINAL].key, "files": source_record["files"]}}
+        if task.manipulation is not None:
+            ref = refs[task.manipulation.name]
+            target, target_record = load_variant(ref)
+            parts["y"] = target
+            records["y"] = {"key": ref.key, "files": target_record["files"]}
+    except DataError as exc:
+        raise DataError(f"task {task.id}: {exc}. Build it with `featbench build --suite {suite.name}`.") from exc
+    splits = {}
+    for split in SPLITS:
+        base = parts["x"][split]
+        cols = [base.rename_column("features", "x")]
+        if "prefix" in base.column_names:
+            cols[0] = cols[0].rename_column("prefix", "x_prefix")
+        if "y" in parts:
+            other = parts["y"][split]
+            if other["image_id"] != base["image_id"] or other["view"] != base["view"]:
+                raise DataError(f"task {task.id}: source and target rows of {split} are not aligned")
+            keep = [c for c in ("features", "prefix") if c in other.column_names]
+            y = other.select_columns(keep).rename_column("features", "y")
+            if "prefix" in keep:
+                y = y.rename_column("prefix", "y_prefix")
+            cols.append(y)
+        splits[split] = datasets.concatenate_datasets(cols, axis=1) if len(cols) > 1 else cols[0]
+    return TaskData(task, splits["train"], splits["test"], records)

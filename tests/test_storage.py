@@ -1,0 +1,197 @@
+"""Building, caching, verifying and loading task data, on tiny random backbones and made-up images."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import featbench as fb
+from featbench import storage
+from featbench.errors import DataError, UnknownNameError
+from featbench.hashing import sha256_file
+from featbench.images import folder_source, seed_for, split_by_name, views
+from featbench.storage import column_array, variant_refs
+from tests.conftest import TINY_CNN, TINY_VIT
+
+N_IMAGES = 6
+
+
+def _write_images(folder: Path, n: int, seed: int) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(n):
+        name = f"img{i:02d}.png"
+        Image.fromarray(rng.integers(0, 256, (80 + 4 * i, 90, 3), dtype=np.uint8)).save(folder / name)
+        lines.append(f"{sha256_file(folder / name)}  {name}")
+    (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def image_dir(tmp_path) -> Path:
+    _write_images(tmp_path / "images", N_IMAGES, seed=0)
+    return tmp_path / "images"
+
+
+@pytest.fixture
+def suite(tmp_path, image_dir, private_cache) -> fb.Suite:
+    spec = {
+        "name": "tiny-test", "version": 1, "seed": 3,
+        "images": {"kind": "folder", "default_path": str(image_dir), "n_images": N_IMAGES,
+                   "manifest_sha256": folder_source(image_dir).manifest_sha256},
+        "split": {"n_test": 2}, "views": {"train": 2, "test": 1},
+        "backbones": {TINY_CNN: ["blocks.1", "blocks.3"], TINY_VIT: ["blocks.1"]},
+        "manipulations": ["rot90", "noise40", "mask_tl_red"],
+        "tracks": ["map", "invert"],
+    }
+    path = tmp_path / "tiny-test.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return fb.load_suite(path)
+
+
+def _build(suite, **kw):
+    return fb.build_suite(suite, batch_size=4, progress=False, **kw)
+
+
+def test_build_then_load_gives_the_maps_of_the_manipulated_views(suite, image_dir):
+    built, report = _build(suite)
+    assert built.name == "tiny-test"
+    assert len(report.built) == 3 * 4  # 3 backbone-layers × (original + 3 manipulations)
+    data = fb.load_task(suite, f"map/{TINY_CNN}/blocks.3/noise40")
+    assert len(data.train) == (N_IMAGES - 2) * 2 and len(data.test) == 2
+    x, y = column_array(data.test, "x"), column_array(data.test, "y")
+    assert x.dtype == np.float16 and x.shape == (2, 48, 4, 4) and y.shape == (2, 48, 4, 4)
+
+    # Recompute one test row by hand through the public interface.
+    bb = fb.load_backbone(TINY_CNN)
+    source = folder_source(image_dir)
+    test_ids = [r.image_id for r in split_by_name(source.records, 2)["test"]]
+    assert list(data.test["image_id"]) == test_ids
+    rec = next(r for r in source.records if r.image_id == test_ids[0])
+    pre = bb.spec.preprocessing
+    px = next(views(source.open(rec), 1, pre.resize, pre.crop, pre.interpolation, seed_for(3, rec.image_id)))
+    noisy = fb.get_manipulation("noise40")(px[None], [seed_for(3, rec.image_id, 0, "noise40")])
+    expect_x = bb.features(bb.normalize(px[None]), ["blocks.3"])["blocks.3"][0]
+    expect_y = bb.features(bb.normalize(noisy), ["blocks.3"])["blocks.3"][0]
+    torch.testing.assert_close(torch.from_numpy(x[0]).float(), expect_x, atol=2e-2, rtol=2e-3)
+    torch.testing.assert_close(torch.from_numpy(y[0]).float(), expect_y, atol=2e-2, rtol=2e-3)
+    assert not np.allclose(x, y)
+
+
+def test_unmanipulated_maps_are_stored_once_and_shared(suite):
+    _build(suite)
+    a = fb.load_task(suite, f"map/{TINY_CNN}/blocks.1/rot90")
+    b = fb.load_task(suite, f"map/{TINY_CNN}/blocks.1/mask_tl_red")
+    assert a.record["x"]["key"] == b.record["x"]["key"]
+    assert a.record["y"]["key"] != b.record["y"]["key"]
+    inv = fb.load_task(suite, f"invert/{TINY_CNN}/blocks.1")
+    assert "y" not in inv.train.column_names
+    np.testing.assert_array_equal(column_array(inv.test, "x"), column_array(a.test, "x"))
+
+
+def test_vit_maps_carry_their_class_token_prefix(suite):
+    _build(suite, backbones=[TINY_VIT])
+    data = fb.load_task(suite, f"map/{TINY_VIT}/blocks.1/rot90")
+    assert column_array(data.test, "x").shape == (2, 64, 4, 4)
+    assert column_array(data.test, "x_prefix").shape == (2, 64, 1)
+    assert column_array(data.test, "y_prefix").shape == (2, 64, 1)
+
+
+def test_second_build_reuses_everything(suite):
+    _build(suite)
+    _, report = _build(suite)
+    assert report.built == [] and len(report.reused) == 12
+
+
+def test_interrupted_build_resumes_without_redoing_written_shards(suite, monkeypatch):
+    real_write = storage._write_shard
+    calls = {"n": 0}
+
+    def failing_write(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 10:
+            raise KeyboardInterrupt
+        real_write(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "_write_shard", failing_write)
+    with pytest.raises(KeyboardInterrupt):
+        _build(suite)
+    monkeypatch.setattr(storage, "_write_shard", real_write)
+    counted = {"n": 0}
+
+    def counting_write(*args, **kwargs):
+        counted["n"] += 1
+        real_write(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "_write_shard", counting_write)
+    _, report = _build(suite)
+    shards_total = 12 * 3  # 12 datasets × 3 chunks (4 train images at 2 views → 2 chunks, 1 test chunk)
+    assert counted["n"] == shards_total - 10
+    assert len(report.built) == 12
+    resumed = fb.load_task(suite, f"map/{TINY_CNN}/blocks.3/rot90")
+    monkeypatch.setattr(storage, "_write_shard", real_write)
+    shutil.rmtree(Path(storage.cache_dir()) / "datasets")
+    _build(suite)
+    clean = fb.load_task(suite, f"map/{TINY_CNN}/blocks.3/rot90")
+    np.testing.assert_array_equal(column_array(resumed.train, "y"), column_array(clean.train, "y"))
+
+
+def test_corrupt_cache_entry_is_refused_then_rebuilt(suite):
+    _build(suite)
+    ref = variant_refs(suite, TINY_CNN, "blocks.3")["rot90"]
+    arrow = next(ref.path.rglob("*.arrow"))
+    blob = bytearray(arrow.read_bytes())
+    blob[-100] ^= 0xFF
+    arrow.write_bytes(bytes(blob))
+    with pytest.raises(DataError, match="corrupt"):
+        fb.load_task(suite, f"map/{TINY_CNN}/blocks.3/rot90")
+    _, report = _build(suite)
+    assert report.rebuilt_corrupt == [f"{TINY_CNN}/blocks.3/rot90"]
+    fb.load_task(suite, f"map/{TINY_CNN}/blocks.3/rot90")
+
+
+def test_unbuilt_task_names_the_build_command(suite):
+    with pytest.raises(DataError, match="featbench build --suite tiny-test"):
+        fb.load_task(suite, f"map/{TINY_CNN}/blocks.3/rot90")
+
+
+def test_wrong_image_folder_is_refused_unless_custom(suite, tmp_path):
+    _write_images(tmp_path / "other", N_IMAGES, seed=1)
+    with pytest.raises(DataError, match="not suite tiny-test's"):
+        _build(suite, images=tmp_path / "other")
+    built, _ = _build(suite, images=tmp_path / "other", custom=True, backbones=[TINY_CNN])
+    assert built.name.startswith("tiny-test+custom-")
+    assert built.get_task(f"map/{TINY_CNN}/blocks.3/rot90")
+    own = variant_refs(suite, TINY_CNN, "blocks.3")["original"].key
+    assert variant_refs(built, TINY_CNN, "blocks.3")["original"].key != own
+
+
+def test_tampered_image_is_refused(suite, image_dir):
+    victim = sorted(image_dir.glob("*.png"))[0]
+    Image.new("RGB", (90, 80), (1, 2, 3)).save(victim)  # SHA256SUMS still lists the old file
+    with pytest.raises(DataError, match="does not match its manifest"):
+        _build(suite)
+
+
+def test_unknown_manipulation_in_a_suite_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "bad", "version": 1, "images": {"kind": "folder"}, "split": {"n_test": 1},
+        "views": {"train": 1, "test": 1}, "backbones": {TINY_CNN: ["blocks.1"]},
+        "manipulations": ["rot45"]}))
+    with pytest.raises(UnknownNameError, match="rot45"):
+        fb.load_suite(path)
+
+
+def test_task_selection_and_ids(suite):
+    assert len(suite.select(track="map")) == 3 * 3 and len(suite.select(track="invert")) == 3
+    assert [t.id for t in suite.select("map/*/blocks.1/rot90")] == [
+        f"map/{TINY_CNN}/blocks.1/rot90", f"map/{TINY_VIT}/blocks.1/rot90"]
+    with pytest.raises(UnknownNameError):
+        suite.select("map/nothing/*")
