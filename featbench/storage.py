@@ -16,6 +16,7 @@ chunk is written as an Arrow shard, so an interrupted build resumes at the first
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -197,6 +198,18 @@ def _write_shard(path: Path, schema: Features, ids: list[str], view_ix: list[int
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def _quiet_datasets():
+    """datasets' own per-save progress bars would drown featbench's one bar per backbone."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
 def _finalize(ref: VariantRef, chunks: list[_Chunk], n_rows: dict[str, int]) -> int:
     """Assemble the shards into a saved DatasetDict with its record; returns bytes on disk."""
     parts = {split: [datasets.Dataset.from_file(str(ref.partial / c.shard)) for c in chunks if c.split == split]
@@ -207,7 +220,8 @@ def _finalize(ref: VariantRef, chunks: list[_Chunk], n_rows: dict[str, int]) -> 
             raise DataError(f"{ref.partial}: {split} has {len(dd[split])} rows, expected {n_rows[split]}")
     tmp = ref.path.with_name(ref.path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    dd.save_to_disk(str(tmp))
+    with _quiet_datasets():
+        dd.save_to_disk(str(tmp))
     files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*.arrow"))}
     record = {"key": ref.key, "spec": ref.spec, "files": files, "rows": n_rows,
               "columns": list(dd["train"].column_names), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
