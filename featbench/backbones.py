@@ -261,24 +261,29 @@ class Backbone:
         return self._extractors[layers]
 
     @torch.inference_mode()
-    def features(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Feature maps {layer: N×C×h×w} of a preprocessed batch; ViT maps carry ``.prefix``."""
+    def features(self, x: torch.Tensor, layers: Sequence[str],
+                 dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Feature maps {layer: N×C×h×w} of a preprocessed batch; ViT maps carry ``.prefix``.
+
+        `dtype` converts the maps (e.g. float16 for storage) in the same pass that lays them out.
+        """
         layers = list(layers)
         self._check_layers(layers)
         order = tuple(sorted(set(layers), key=self._index.__getitem__))
         if not self.is_vit:
             x = x.contiguous(memory_format=torch.channels_last)
         outs = dict(zip(order, self._extractor(order)(x)))
-        return {layer: self._to_map(outs[layer]) for layer in layers}
+        return {layer: self._to_map(outs[layer], dtype or outs[layer].dtype) for layer in layers}
 
-    def _to_map(self, out: torch.Tensor) -> torch.Tensor:
+    def _to_map(self, out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        # One copy per tensor: converting and re-laying out together moves the bytes once.
         if not self.is_vit:
-            return out.contiguous()
+            return out.to(dtype, memory_format=torch.contiguous_format)
         k = self.num_prefix_tokens
         n, _, c = out.shape
         h, w = self.model.patch_embed.grid_size
-        grid = out[:, k:].transpose(1, 2).reshape(n, c, h, w).contiguous()
-        grid.prefix = out[:, :k].transpose(1, 2).contiguous()  # N×C×k
+        grid = out[:, k:].transpose(1, 2).to(dtype, memory_format=torch.contiguous_format).view(n, c, h, w)
+        grid.prefix = out[:, :k].transpose(1, 2).to(dtype, memory_format=torch.contiguous_format)  # N×C×k
         return grid
 
     @torch.inference_mode()

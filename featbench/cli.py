@@ -46,6 +46,70 @@ def _cmd_build(args: argparse.Namespace) -> None:
         print(f"note: built the custom suite {built.name} (images differ from {suite.name}'s pinned manifest)")
 
 
+def _mean(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+SUMMARY_METRICS = ("r2", "cos_median", "top1_agree", "emb_cos")
+
+
+def summary_table(results: list[dict]) -> str:
+    """One row per model and manipulation category: mean headline scores over its tasks."""
+    rows = []
+    for res in results:
+        by_cat: dict[str, list[dict]] = {}
+        for t in res["tasks"]:
+            by_cat.setdefault(t["category"] or "-", []).append(t)
+        for cat, tasks in sorted(by_cat.items()):
+            ok = [t for t in tasks if t["status"] == "ok"]
+            row = [res["model"]["name"], cat, f"{len(ok)}/{len(tasks)}"]
+            for m in SUMMARY_METRICS:
+                row.append(_mean([t["metrics"].get(m, {}).get("value") for t in ok]))
+            row.append(_mean([t["fit_s"] for t in ok]))
+            rows.append(row)
+    return tabulate(rows, headers=["model", "category", "tasks ok", *SUMMARY_METRICS, "fit s"], floatfmt=".3f",
+                    missingval="-")
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from featbench.evaluation import RunConfig, run_map_track
+    from featbench.mappers import resolve_model
+    from featbench.results import result_path
+    from featbench.storage import build_suite, is_built, variant_refs
+    from featbench.suites import load_suite
+
+    suite = load_suite(args.suite)
+    models = args.model or suite.run_defaults.get("models")
+    if not models:
+        raise FeatbenchError(f"suite {suite.name} names no default models; pass --model")
+    budget = args.time_budget if args.time_budget is not None else suite.run_defaults.get("time_budget_s")
+    tasks = suite.select(args.tasks, track="map")
+    unbuilt = {(t.backbone, t.layer) for t in tasks
+               if not all(is_built(r) for r in variant_refs(suite, t.backbone, t.layer).values())}
+    if unbuilt and suite.images["kind"] == "package":  # small, self-contained: just build it
+        print(f"building suite {suite.name} first (its images ship with a dependency)")
+        print(build_suite(suite, compile=False)[1].summary())
+    if args.out and len(models) > 1:
+        raise FeatbenchError("--out names one file; run one --model at a time with it")
+    cfg = RunConfig(seed=args.seed, n_boot=args.n_boot, time_budget_s=budget)
+    results = []
+    for spec in models:
+        out = args.out or result_path(args.out_dir, spec, suite.name)
+        results.append(run_map_track(resolve_model(spec), suite, tasks, out, cfg))
+        print(f"wrote {out}")
+    print(summary_table(results))
+
+
+def _cmd_validate(args: argparse.Namespace) -> None:
+    from featbench.results import read_result
+
+    for path in args.files:
+        res = read_result(path)
+        print(f"{path}: valid ({res['model']['name']} {res['model']['version']} on "
+              f"{res['suite']['name']} v{res['suite']['version']}, {len(res['tasks'])} tasks)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="featbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (faster start, slower run)")
     p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("run", help="fit and score models on a suite's map tasks, write result files")
+    p.add_argument("--model", action="append",
+                   help="registered name (linear), module.path:Class or file.py:Class; repeatable. "
+                        "Default: the suite's reference baselines")
+    p.add_argument("--suite", default="mini", help="default: mini, the embedded demo suite")
+    p.add_argument("--tasks", help="only tasks matching this glob or substring")
+    p.add_argument("--out", help="result file (default: <out-dir>/<suite>/results/<model>.json)")
+    p.add_argument("--out-dir", default="results", help="default: ./results")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95 %% intervals")
+    p.add_argument("--time-budget", type=float, help="seconds per task fit (default: the suite's)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("validate", help="check result files against the schema and their hashes")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=_cmd_validate)
     return parser
 
 

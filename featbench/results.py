@@ -212,5 +212,5 @@ def _safe_name(name: str) -> str:
 
 
 def result_path(out_dir: str | Path, model_name: str, suite_name: str) -> Path:
-    """``<out_dir>/<suite>/<model>.json``: with ``out_dir = leaderboard`` the leaderboard's layout."""
-    return Path(out_dir) / _safe_name(suite_name) / f"{_safe_name(model_name)}.json"
+    """``<out_dir>/<suite>/results/<model>.json``: with ``out_dir = leaderboard`` the leaderboard's layout."""
+    return Path(out_dir) / _safe_name(suite_name) / "results" / f"{_safe_name(model_name)}.json"

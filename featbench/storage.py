@@ -23,7 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import datasets
 import numpy as np
@@ -163,15 +163,32 @@ def _chunks(splits: dict[str, list[ImageRecord]], images_per_chunk: int) -> list
     return out
 
 
-def _batched_features(bb: Backbone, x: torch.Tensor, layers: list[str], batch_size: int) -> dict[str, tuple]:
-    """Features in fixed-size batches (the last one padded), so a compiled extractor sees one shape."""
+def _fixed_batches(pieces: Iterable[torch.Tensor], batch_size: int) -> Iterator[tuple[torch.Tensor, int]]:
+    """The pieces' rows, in order, as batches of exactly `batch_size` with their count of real rows.
+
+    Batches span piece boundaries, so only the very last one is padded (with zeros): a compiled
+    extractor sees one shape, and little of its work is padding.
+    """
+    held: list[torch.Tensor] = []
+    n_held = 0
+    for piece in pieces:
+        held.append(piece)
+        n_held += len(piece)
+        while n_held >= batch_size:
+            x = held[0] if len(held) == 1 else torch.cat(held)
+            yield x[:batch_size], batch_size
+            rest = x[batch_size:]
+            held, n_held = ([rest] if len(rest) else []), len(rest)
+    if n_held:
+        yield torch.cat([*held, held[0].new_zeros(batch_size - n_held, *held[0].shape[1:])]), n_held
+
+
+def _batched_features(bb: Backbone, pieces: Iterable[torch.Tensor], layers: list[str],
+                      batch_size: int) -> dict[str, tuple]:
+    """float16 features {layer: (maps, prefixes or None)} of all the pieces' rows, in order."""
     outs: dict[str, list] = {layer: [] for layer in layers}
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
-        n = len(xb)
-        if n < batch_size:
-            xb = torch.cat([xb, xb.new_zeros(batch_size - n, *xb.shape[1:])])
-        feats = bb.features(xb, layers)
+    for xb, n in _fixed_batches(pieces, batch_size):
+        feats = bb.features(xb, layers, dtype=torch.float16)
         for layer in layers:
             f = feats[layer]
             prefix = getattr(f, "prefix", None)
@@ -186,12 +203,12 @@ def _batched_features(bb: Backbone, x: torch.Tensor, layers: list[str], batch_si
 
 def _write_shard(path: Path, schema: Features, ids: list[str], view_ix: list[int], labels: list[int],
                  maps: torch.Tensor, prefixes: torch.Tensor | None) -> None:
+    """One chunk's rows of one variant dataset; `maps` and `prefixes` are float16 already."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    batch = {"image_id": ids, "view": view_ix, "label": labels,
-             "features": maps.to(torch.float16).numpy()}
+    batch = {"image_id": ids, "view": view_ix, "label": labels, "features": maps.numpy()}
     if prefixes is not None:
-        batch["prefix"] = prefixes.to(torch.float16).numpy()
+        batch["prefix"] = prefixes.numpy()
     with ArrowWriter(features=schema, path=str(tmp)) as writer:
         writer.write_batch(batch)
         writer.finalize()
@@ -234,12 +251,13 @@ def _finalize(ref: VariantRef, chunks: list[_Chunk], n_rows: dict[str, int]) -> 
 
 def build_suite(suite: Suite, images: str | Path | None = None, custom: bool = False, *,
                 backbones: Iterable[str] | None = None, batch_size: int = 32, compile: bool = False,
-                progress: bool = True) -> tuple[Suite, BuildReport]:
+                progress: bool = True, models: Mapping[str, Backbone] | None = None) -> tuple[Suite, BuildReport]:
     """Extract and cache every variant dataset of `suite`; returns the suite built (custom or not).
 
     `images` overrides the image folder; with `custom`, a folder that is not the pinned one
     builds a custom suite (see `Suite.as_custom`). `compile` uses ``torch.compile`` for the
-    forward passes (worth its start-up time on full suites).
+    forward passes (worth its start-up time on full suites). `models` gives backbones already
+    loaded (say, compiled and warmed up by an earlier build), by name, to use instead of loading.
     """
     start = time.time()
     source = suite.image_source(images, custom=custom)
@@ -250,18 +268,20 @@ def build_suite(suite: Suite, images: str | Path | None = None, custom: bool = F
     n_rows = {s: len(splits[s]) * suite.views[s] for s in SPLITS}
     images_per_chunk = max(1, batch_size // max(suite.views.values()))
     chunks = _chunks(splits, images_per_chunk)
-    for backbone_name in backbones or suite.backbones:
-        _build_backbone(suite, source, backbone_name, chunks, n_rows, batch_size, compile, progress, report)
+    for name in backbones or suite.backbones:
+        todo, refs = _plan_backbone(suite, name, report)
+        if todo:
+            bb = (models or {}).get(name) or load_backbone(name, compile=compile)
+            _build_backbone(suite, source, bb, refs, todo, chunks, n_rows, batch_size, progress, report)
     report.seconds = time.time() - start
     return suite, report
 
 
-def _build_backbone(suite: Suite, source: ImageSource, backbone_name: str, chunks: list[_Chunk],
-                    n_rows: dict[str, int], batch_size: int, compile: bool, progress: bool,
-                    report: BuildReport) -> None:
-    layers = suite.backbones[backbone_name]
-    refs = {layer: variant_refs(suite, backbone_name, layer) for layer in layers}
-    todo: dict[str, list[str]] = {}  # variant → layers still to build
+def _plan_backbone(suite: Suite, backbone_name: str,
+                   report: BuildReport) -> tuple[dict[str, list[str]], dict[str, dict[str, VariantRef]]]:
+    """What is left to build of one backbone: {variant: layers}, and the refs of all its datasets."""
+    refs = {layer: variant_refs(suite, backbone_name, layer) for layer in suite.backbones[backbone_name]}
+    todo: dict[str, list[str]] = {}
     for layer, by_variant in refs.items():
         for variant, ref in by_variant.items():
             label = f"{backbone_name}/{layer}/{variant}"
@@ -273,48 +293,77 @@ def _build_backbone(suite: Suite, source: ImageSource, backbone_name: str, chunk
                 report.rebuilt_corrupt.append(label)
                 shutil.rmtree(ref.path)
             todo.setdefault(variant, []).append(layer)
-    if not todo:
-        return
-    bb = load_backbone(backbone_name, compile=compile)
+    return todo, refs
+
+
+@dataclass
+class _Decoded:
+    """A chunk's views as float32 pixels N×3×H×W in [0, 255], with each row's columns."""
+
+    pixels: torch.Tensor
+    ids: list[str]
+    view_ix: list[int]
+    labels: list[int]
+
+
+def _decode(suite: Suite, source: ImageSource, bb: Backbone, chunk: _Chunk) -> _Decoded:
+    """Decode each image of the chunk once; every variant derives from these pixels."""
+    pre = bb.spec.preprocessing
+    pixels, ids, view_ix, labels = [], [], [], []
+    for rec in chunk.records:
+        image = source.open(rec)
+        for v, px in enumerate(views(image, suite.views[chunk.split], pre.resize, pre.crop, pre.interpolation,
+                                     seed_for(suite.seed, rec.image_id))):
+            pixels.append(px)
+            ids.append(rec.image_id)
+            view_ix.append(v)
+            labels.append(rec.label)
+    return _Decoded(torch.stack(pixels), ids, view_ix, labels)
+
+
+def _variant_inputs(suite: Suite, bb: Backbone, rows: _Decoded, manipulations: list[Manipulation | None]
+                    ) -> Iterator[torch.Tensor]:
+    """The network inputs of each variant in turn, made only when the batching reaches them."""
+    for m in manipulations:
+        x = rows.pixels
+        if m is not None:
+            x = m(x, [seed_for(suite.seed, i, v, m.name) for i, v in zip(rows.ids, rows.view_ix)])
+        yield bb.normalize(x)
+
+
+def _build_backbone(suite: Suite, source: ImageSource, bb: Backbone, refs: dict[str, dict[str, VariantRef]],
+                    todo: dict[str, list[str]], chunks: list[_Chunk], n_rows: dict[str, int], batch_size: int,
+                    progress: bool, report: BuildReport) -> None:
     manipulations = {variant_name(m): m for m in suite.variants()}
     schemas = {}
-    for layer in layers:
+    for layer in refs:
         c, h, w = bb.layers[layer]
         schemas[layer] = _features_schema((c, h, w), (c, bb.num_prefix_tokens) if bb.num_prefix_tokens else None)
-    pre = bb.spec.preprocessing
-    bar = tqdm(chunks, desc=f"build {backbone_name}", unit="chunk", disable=not progress)
+    bar = tqdm(chunks, desc=f"build {bb.name}", unit="chunk", disable=not progress)
     for chunk in bar:
         pending = {v: [layer for layer in ls if not (refs[layer][v].partial / chunk.shard).is_file()]
                    for v, ls in todo.items()}
         pending = {v: ls for v, ls in pending.items() if ls}
         if not pending:
             continue
-        n_views = suite.views[chunk.split]
-        pixels, ids, view_ix, labels = [], [], [], []
-        for rec in chunk.records:  # decode once; every variant below derives from these pixels
-            image = source.open(rec)
-            for v, px in enumerate(views(image, n_views, pre.resize, pre.crop, pre.interpolation,
-                                         seed_for(suite.seed, rec.image_id))):
-                pixels.append(px)
-                ids.append(rec.image_id)
-                view_ix.append(v)
-                labels.append(rec.label)
-        pixels_t = torch.stack(pixels)
-        for variant, variant_layers in pending.items():
-            m = manipulations[variant]
-            x = pixels_t
-            if m is not None:
-                x = m(pixels_t, [seed_for(suite.seed, i, v, m.name) for i, v in zip(ids, view_ix)])
-            feats = _batched_features(bb, bb.normalize(x), variant_layers, batch_size)
+        rows = _decode(suite, source, bb, chunk)
+        # One stream of batches for all pending variants: the union of their layers is extracted
+        # for each (the same layers, except after an interruption), and each keeps its own.
+        layers = sorted({layer for ls in pending.values() for layer in ls}, key=list(refs).index)
+        feats = _batched_features(bb, _variant_inputs(suite, bb, rows, [manipulations[v] for v in pending]),
+                                  layers, batch_size)
+        n = len(rows.ids)
+        for i, (variant, variant_layers) in enumerate(pending.items()):
             for layer in variant_layers:
                 maps, prefixes = feats[layer]
-                _write_shard(refs[layer][variant].partial / chunk.shard, schemas[layer], ids, view_ix, labels,
-                             maps, prefixes)
+                _write_shard(refs[layer][variant].partial / chunk.shard, schemas[layer], rows.ids, rows.view_ix,
+                             rows.labels, maps[i * n:(i + 1) * n],
+                             None if prefixes is None else prefixes[i * n:(i + 1) * n])
     bar.close()
     for variant, variant_layers in todo.items():
         for layer in variant_layers:
             report.bytes_on_disk += _finalize(refs[layer][variant], chunks, n_rows)
-            report.built.append(f"{backbone_name}/{layer}/{variant}")
+            report.built.append(f"{bb.name}/{layer}/{variant}")
 
 
 # ----------------------------------------------------------------------------------------------

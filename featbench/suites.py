@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,8 @@ class Suite:
     manipulations: list[Manipulation]
     tracks: list[str]
     path: Path | None = None
+    # What `featbench run` does on this suite by default: {"models": [...], "time_budget_s": s}
+    run_defaults: dict[str, Any] = field(default_factory=dict)
 
     # -- tasks --------------------------------------------------------------------------------
     @cached_property
@@ -141,7 +143,7 @@ class Suite:
         images = dict(self.images, manifest_sha256=source.manifest_sha256, n_images=len(source))
         name = f"{self.name}+custom-{source.manifest_sha256[:8]}"
         return Suite(name, self.version, self.description, self.seed, images, self.n_test, self.views,
-                     self.backbones, self.manipulations, self.tracks, self.path)
+                     self.backbones, self.manipulations, self.tracks, self.path, self.run_defaults)
 
     # -- hashes -------------------------------------------------------------------------------
     def variants(self) -> list[Manipulation | None]:
@@ -202,6 +204,7 @@ def _suite_from_yaml(path: Path) -> Suite:
             backbones={b: list(layers) for b, layers in raw["backbones"].items()},
             manipulations=[_manipulation(m) for m in raw.get("manipulations", [])],
             tracks=list(raw.get("tracks", ["map", "invert"])), path=path,
+            run_defaults=dict(raw.get("run_defaults", {})),
         ))
     except FeatbenchError:
         raise

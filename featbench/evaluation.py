@@ -1,0 +1,278 @@
+"""The map-track evaluator: fit a mapper on each task's training split, score its test predictions.
+
+For each task: a fresh mapper is fitted (timed, under the task's time budget), predicts the test
+split in batches (timed), and is scored against the targets: map metrics (mse, r2, cos_median),
+semantic fidelity through the backbone's tail (top1_agree / jsd / top1_acc with a head,
+emb_cos / retrieval_agree without), each with a seeded bootstrap interval over test images; the
+`identity` and, for geometric manipulations, `spatial` reference points are scored beside it.
+A mapper that raises, overruns its budget, or returns a wrong shape, a wrong dtype, NaN or inf
+fails that task with the reason recorded; the run goes on. The result file is rewritten after
+every task, so an interrupted run resumes from the tasks already scored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import featbench
+from featbench import metrics
+from featbench.backbones import Backbone, load_backbone
+from featbench.errors import FeatbenchError
+from featbench.images import seed_for
+from featbench.mappers import MapData, Mapper, TaskInfo, source_sha256
+from featbench.results import environment_info, git_commit, read_result, write_result
+from featbench.storage import TaskData, column_array, load_task
+from featbench.suites import Suite, Task
+
+PREDICT_BATCH = 64
+# A fit may overrun its budget by this much (the mapper is told the budget and should stop in
+# time; the grace absorbs the last step) before it is interrupted and the task fails.
+BUDGET_GRACE = 1.25
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    n_boot: int = 1000
+    time_budget_s: float | None = None  # per task; None: no limit
+
+
+class BudgetExceeded(FeatbenchError):
+    pass
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float | None):
+    """Interrupt the body after `seconds` (main thread only; elsewhere checked afterwards)."""
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise BudgetExceeded(f"fit exceeded its time budget ({seconds / BUDGET_GRACE:.0f} s)")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _as_tensor(ds, column: str) -> torch.Tensor | None:
+    if column not in ds.column_names:
+        return None
+    return torch.from_numpy(column_array(ds, column)).float()
+
+
+def task_info(suite: Suite, task: Task, data: TaskData, cfg: RunConfig) -> TaskInfo:
+    x = data.train.features["x"].shape
+    prefix = data.train.features["x_prefix"].shape if "x_prefix" in data.train.column_names else None
+    return TaskInfo(task.id, task.backbone, task.layer, tuple(x), prefix and tuple(prefix), task.manipulation,
+                    seed_for(cfg.seed, task.id), cfg.time_budget_s)
+
+
+def map_data(ds, info: TaskInfo) -> MapData:
+    return MapData(info, _as_tensor(ds, "x"), _as_tensor(ds, "y"), list(ds["image_id"]),
+                   _as_tensor(ds, "x_prefix"), _as_tensor(ds, "y_prefix"))
+
+
+def _with_prefix(x: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
+    if prefix is not None:
+        x.prefix = prefix
+    return x
+
+
+def _check_prediction(pred: Any, x: torch.Tensor, prefix: torch.Tensor | None):
+    """(maps, predicted prefix or None) after checking type, shape, dtype and finiteness."""
+    pred_prefix = None
+    if isinstance(pred, tuple):
+        if len(pred) != 2:
+            raise FeatbenchError(f"predict returned a tuple of {len(pred)}; expected maps or (maps, prefix)")
+        pred, pred_prefix = pred
+    for what, got, want in (("maps", pred, x), ("prefix", pred_prefix, prefix)):
+        if got is None:
+            continue
+        if want is None:
+            raise FeatbenchError("predict returned a prefix, but this backbone's maps have none")
+        if not isinstance(got, torch.Tensor):
+            raise FeatbenchError(f"predict returned {type(got).__name__} {what}; expected a torch.Tensor")
+        if tuple(got.shape) != tuple(want.shape):
+            raise FeatbenchError(f"predict returned {what} of shape {tuple(got.shape)}; expected {tuple(want.shape)}")
+        if not got.is_floating_point():
+            raise FeatbenchError(f"predict returned {what} of dtype {got.dtype}; expected a floating dtype")
+        if not torch.isfinite(got).all():
+            bad = int((~torch.isfinite(got)).sum())
+            raise FeatbenchError(f"predict returned {bad} non-finite values (NaN or inf) in its {what}")
+    return pred.detach().float(), None if pred_prefix is None else pred_prefix.detach().float()
+
+
+def _predict_all(mapper: Mapper, x: torch.Tensor, prefix: torch.Tensor | None):
+    maps, prefixes, any_prefix = [], [], False
+    for i in range(0, len(x), PREDICT_BATCH):
+        xb = x[i:i + PREDICT_BATCH].clone()
+        pb = None if prefix is None else prefix[i:i + PREDICT_BATCH].clone()
+        with torch.inference_mode():
+            m, p = _check_prediction(mapper.predict(_with_prefix(xb, pb)), xb, pb)
+        maps.append(m)
+        any_prefix |= p is not None
+        prefixes.append(p if p is not None else pb)
+    return torch.cat(maps), (torch.cat(prefixes) if prefix is not None else None), any_prefix
+
+
+class _Tails:
+    """Backbones, loaded once per run, and the tail outputs of each task's test targets."""
+
+    def __init__(self):
+        self.backbones: dict[str, Backbone] = {}
+        self.targets: dict[tuple, torch.Tensor] = {}
+
+    def backbone(self, name: str) -> Backbone:
+        if name not in self.backbones:
+            self.backbones[name] = load_backbone(name)
+        return self.backbones[name]
+
+    def run(self, task: Task, maps: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
+        bb = self.backbone(task.backbone)
+        return torch.cat([bb.tail(task.layer, maps[i:i + PREDICT_BATCH],
+                                  None if prefix is None else prefix[i:i + PREDICT_BATCH])
+                          for i in range(0, len(maps), PREDICT_BATCH)])
+
+    def target(self, task: Task, key: str, maps: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
+        if key not in self.targets:
+            self.targets[key] = self.run(task, maps, prefix)
+        return self.targets[key]
+
+
+def _scores(task: Task, tails: _Tails, pred: torch.Tensor, pred_prefix, y: torch.Tensor, y_prefix,
+            target_key: str, labels: torch.Tensor, cfg: RunConfig) -> dict[str, dict]:
+    seed = seed_for(cfg.seed, task.id, "bootstrap")
+    out = metrics.score_maps(pred, y, n_boot=cfg.n_boot, seed=seed)
+    tp = tails.run(task, pred, pred_prefix)
+    ty = tails.target(task, target_key, y, y_prefix)
+    if tails.backbone(task.backbone).spec.has_head:
+        out |= metrics.score_logits(tp, ty, labels, n_boot=cfg.n_boot, seed=seed)
+    else:
+        out |= metrics.score_embeddings(tp, ty, n_boot=cfg.n_boot, seed=seed)
+    return {k: v.to_dict() for k, v in out.items()}
+
+
+def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, cfg: RunConfig,
+                      tails: _Tails | None = None, references: bool = True) -> dict[str, Any]:
+    """Fit and score one map task; returns its task record (status "ok" or "failed")."""
+    tails = tails or _Tails()
+    data = load_task(suite, task)
+    info = task_info(suite, task, data, cfg)
+    record: dict[str, Any] = {
+        "task_id": task.id, "task_version": task.version, "task_sha256": data.content_sha256,
+        "category": task.category, "backbone": task.backbone, "layer": task.layer,
+        "n_train": len(data.train), "n_test": len(data.test), "fit_s": None, "predict_per_s": None,
+        "time_budget_s": cfg.time_budget_s, "metrics": {}, "reference_points": {}, "notes": [],
+    }
+    train, test = map_data(data.train, info), map_data(data.test, info)
+    labels = torch.tensor(data.test["label"])
+    target_key = data.record["y"]["key"]
+    if references:
+        refs = {"identity": test.x}
+        if task.manipulation.is_geometric:
+            refs["spatial"] = task.manipulation.grid_action(test.x)
+        for name, pred in refs.items():
+            record["reference_points"][name] = _scores(task, tails, pred, test.x_prefix, test.y, test.y_prefix,
+                                                       target_key, labels, cfg)
+    try:
+        _seed_everything(info.seed)
+        mapper = factory()
+        limit = None if cfg.time_budget_s is None else cfg.time_budget_s * BUDGET_GRACE + 5
+        start = time.perf_counter()
+        with _deadline(limit):
+            mapper.fit(train)
+        record["fit_s"] = round(time.perf_counter() - start, 3)
+        if limit is not None and record["fit_s"] > limit:
+            raise BudgetExceeded(f"fit took {record['fit_s']:.0f} s, over its time budget ({cfg.time_budget_s:.0f} s)")
+        start = time.perf_counter()
+        pred, pred_prefix, predicted_prefix = _predict_all(mapper, test.x, test.x_prefix)
+        record["predict_per_s"] = round(len(test) / max(time.perf_counter() - start, 1e-9), 2)
+    except Exception as exc:  # a bad submission fails its task, never the run
+        record["status"] = "failed"
+        record["reason"] = f"{type(exc).__name__}: {exc}"
+        record["notes"].append(traceback.format_exc(limit=3)[-2000:])
+        return record
+    if test.x_prefix is not None and not predicted_prefix:
+        record["notes"].append("the mapper predicts no class-token prefix: the source's prefix was carried over")
+    record["metrics"] = _scores(task, tails, pred, pred_prefix, test.y, test.y_prefix, target_key, labels, cfg)
+    described = mapper.describe() if hasattr(mapper, "describe") else {}
+    if "linear" in described:
+        W, b = described["linear"]
+        record["linear_structure"] = metrics.linear_structure(W, b, test.x)
+    if described.get("n_params") is not None:
+        record["n_params"] = int(described["n_params"])
+    for key in ("stopped_by", "ridge", "epochs"):
+        if key in described:
+            record["notes"].append(f"{key}: {described[key]}")
+    record["status"] = "ok"
+    return record
+
+
+def model_identity(factory: Callable[[], Mapper]) -> dict[str, Any]:
+    probe = factory()
+    return {"name": str(getattr(probe, "name", type(probe).__name__)),
+            "version": str(getattr(probe, "version", "0")), "n_params": None,
+            "source_sha256": source_sha256(probe), "metadata": {"class": f"{type(probe).__module__}.{type(probe).__qualname__}"}}
+
+
+def run_map_track(factory: Callable[[], Mapper], suite: Suite, tasks: list[Task], out: str | Path,
+                  cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
+    """Evaluate `tasks`, writing the result file `out` after each one; resumes from `out`."""
+    out = Path(out)
+    model = model_identity(factory)
+    done: dict[str, dict] = {}
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    previous_duration = 0.0
+    if out.exists():
+        prev = read_result(out)
+        same = (prev["model"]["name"], prev["model"]["version"], prev["suite"]["name"], prev["suite"]["version"], prev["seed"])
+        if same == (model["name"], model["version"], suite.name, suite.version, cfg.seed):
+            done = {t["task_id"]: t for t in prev["tasks"] if t["status"] == "ok"}
+            started, previous_duration = prev["started_at"], prev["duration_s"]
+    record = {
+        "schema_version": "1.0", "featbench_version": featbench.__version__, "git_commit": git_commit(),
+        "suite": {"name": suite.name, "version": suite.version, "spec_sha256": suite.spec_sha256()},
+        "track": "map", "model": model, "seed": cfg.seed, "environment": environment_info("cpu"),
+        "started_at": started, "duration_s": previous_duration, "tasks": [],
+    }
+    tails = _Tails()
+    run_start = time.perf_counter()
+    bar = tqdm(tasks, desc=f"{model['name']} on {suite.name}", unit="task", disable=not progress)
+    for task in bar:
+        bar.set_postfix_str(task.id)
+        if task.id in done:
+            result = done[task.id]
+        else:
+            result = evaluate_map_task(factory, suite, task, cfg, tails)
+        record["tasks"] = [t for t in record["tasks"] if t["task_id"] != task.id] + [result]
+        record["duration_s"] = round(previous_duration + time.perf_counter() - run_start, 3)
+        sizes = [t["n_params"] for t in record["tasks"] if t.get("n_params") is not None]
+        record["model"]["n_params"] = max(sizes) if sizes else None  # the largest task's instance
+        record = write_result(out, record)
+        record.pop("record_sha256")
+    return write_result(out, record)
