@@ -29,6 +29,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+from torch._inductor import config as inductor_config
 from torchvision.transforms import InterpolationMode
 
 from featbench import assets, conversions
@@ -194,6 +195,20 @@ class _Extractor(nn.Module):
         return tuple(out)
 
 
+def _compile_frozen(module: nn.Module) -> Callable:
+    """``torch.compile`` with inductor's freezing: the (fixed, eval-mode) weights become constants,
+    so batch norms fold into the convolutions and weights are prepacked for oneDNN."""
+    compiled = torch.compile(module, dynamic=False)
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # Dynamo reads the flag while it traces (at the first call), not from compile's options;
+        # patched per call so that other compiled code in the process is left as it was.
+        with inductor_config.patch(freezing=True):
+            return compiled(x)
+
+    return run
+
+
 class Backbone:
     """A loaded backbone: preprocessing, feature maps at named layers, and the tail."""
 
@@ -257,7 +272,7 @@ class Backbone:
     def _extractor(self, layers: tuple[str, ...]) -> Callable:
         if layers not in self._extractors:
             ext = _Extractor([s for _, s in self._stages], [self._index[layer] for layer in layers])
-            self._extractors[layers] = torch.compile(ext, dynamic=False) if self._compile else ext
+            self._extractors[layers] = _compile_frozen(ext) if self._compile else ext
         return self._extractors[layers]
 
     @torch.inference_mode()

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
+from PIL import Image
+
+import featbench as fb
+from featbench.hashing import sha256_file
+from featbench.images import folder_source
 
 from featbench.backbones import BACKBONES, BackboneSpec, Preprocessing, register_backbone
 
@@ -42,3 +49,34 @@ def require_shared_images() -> Path:
     if not (SHARED_IMAGES / "SHA256SUMS").is_file():
         pytest.skip(f"needs the pinned ImageNet samples at {SHARED_IMAGES} (absent on a fresh clone; CI has them)")
     return SHARED_IMAGES
+
+
+def write_images(folder: Path, n: int, seed: int) -> Path:
+    """`n` random RGB images of slightly different sizes, with a SHA256SUMS manifest."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(n):
+        name = f"img{i:02d}.png"
+        Image.fromarray(rng.integers(0, 256, (80 + 4 * i, 90, 3), dtype=np.uint8)).save(folder / name)
+        lines.append(f"{sha256_file(folder / name)}  {name}")
+    (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def make_tiny_suite(root: Path, n_images: int = 6, **overrides) -> fb.Suite:
+    """A suite over made-up images and the tiny random backbones, written to `root`."""
+    image_dir = write_images(root / "images", n_images, seed=0)
+    spec = {
+        "name": "tiny-test", "version": 1, "seed": 3,
+        "images": {"kind": "folder", "default_path": str(image_dir), "n_images": n_images,
+                   "manifest_sha256": folder_source(image_dir).manifest_sha256},
+        "split": {"n_test": 2}, "views": {"train": 2, "test": 1},
+        "backbones": {TINY_CNN: ["blocks.1", "blocks.3"], TINY_VIT: ["blocks.1"]},
+        "manipulations": ["rot90", "noise40", "mask_tl_red"],
+        "tracks": ["map", "invert"],
+        **overrides,
+    }
+    path = root / "tiny-test.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return fb.load_suite(path)

@@ -14,45 +14,21 @@ from PIL import Image
 import featbench as fb
 from featbench import storage
 from featbench.errors import DataError, UnknownNameError
-from featbench.hashing import sha256_file
 from featbench.images import folder_source, seed_for, split_by_name, views
 from featbench.storage import column_array, variant_refs
-from tests.conftest import TINY_CNN, TINY_VIT
+from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite, write_images
 
 N_IMAGES = 6
 
 
-def _write_images(folder: Path, n: int, seed: int) -> None:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    lines = []
-    for i in range(n):
-        name = f"img{i:02d}.png"
-        Image.fromarray(rng.integers(0, 256, (80 + 4 * i, 90, 3), dtype=np.uint8)).save(folder / name)
-        lines.append(f"{sha256_file(folder / name)}  {name}")
-    (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+@pytest.fixture
+def image_dir(suite) -> Path:
+    return Path(suite.images["default_path"])
 
 
 @pytest.fixture
-def image_dir(tmp_path) -> Path:
-    _write_images(tmp_path / "images", N_IMAGES, seed=0)
-    return tmp_path / "images"
-
-
-@pytest.fixture
-def suite(tmp_path, image_dir, private_cache) -> fb.Suite:
-    spec = {
-        "name": "tiny-test", "version": 1, "seed": 3,
-        "images": {"kind": "folder", "default_path": str(image_dir), "n_images": N_IMAGES,
-                   "manifest_sha256": folder_source(image_dir).manifest_sha256},
-        "split": {"n_test": 2}, "views": {"train": 2, "test": 1},
-        "backbones": {TINY_CNN: ["blocks.1", "blocks.3"], TINY_VIT: ["blocks.1"]},
-        "manipulations": ["rot90", "noise40", "mask_tl_red"],
-        "tracks": ["map", "invert"],
-    }
-    path = tmp_path / "tiny-test.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return fb.load_suite(path)
+def suite(tmp_path, private_cache) -> fb.Suite:
+    return make_tiny_suite(tmp_path, N_IMAGES)
 
 
 def _build(suite, **kw):
@@ -162,7 +138,7 @@ def test_unbuilt_task_names_the_build_command(suite):
 
 
 def test_wrong_image_folder_is_refused_unless_custom(suite, tmp_path):
-    _write_images(tmp_path / "other", N_IMAGES, seed=1)
+    write_images(tmp_path / "other", N_IMAGES, seed=1)
     with pytest.raises(DataError, match="not suite tiny-test's"):
         _build(suite, images=tmp_path / "other")
     built, _ = _build(suite, images=tmp_path / "other", custom=True, backbones=[TINY_CNN])

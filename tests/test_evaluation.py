@@ -1,0 +1,239 @@
+"""The map track end to end on tiny random backbones: interface, baselines, bad submissions, resume."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+import torch
+
+import featbench as fb
+from baselines.linear import Linear
+from featbench import evaluation
+from featbench.evaluation import RunConfig, run_map_track
+from featbench.mappers import registered_models, resolve_model
+from featbench.results import read_result
+from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite
+
+CFG = RunConfig(seed=0, n_boot=50, time_budget_s=30)
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluation")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEATBENCH_CACHE", str(root / "cache"))
+        s = make_tiny_suite(root, n_images=8)
+        fb.build_suite(s, batch_size=8, progress=False)
+        yield s
+
+
+def _run(suite, factory, tmp_path, tasks="map/*/blocks.1/*", cfg=CFG, name="out.json"):
+    return run_map_track(factory, suite, suite.select(tasks), tmp_path / name, cfg, progress=False)
+
+
+# -- finding a submission -------------------------------------------------------------------------
+
+def test_baselines_are_entry_points():
+    assert {"identity", "spatial", "linear", "linear+spatial", "mlp", "cnn", "transformer",
+            "transformer-nopos"} <= set(registered_models())
+    assert resolve_model("linear") is Linear
+
+
+def test_module_path_and_file_path(tmp_path, monkeypatch):
+    assert resolve_model("baselines.linear:Linear") is Linear
+    src = tmp_path / "my_mapper.py"
+    src.write_text(textwrap.dedent("""
+        import featbench as fb
+
+        class Shift(fb.Mapper):
+            name, version = "shift", "2"
+            def fit(self, train):
+                self.shift = (train.y - train.x).mean(dim=0)
+            def predict(self, x):
+                return x + self.shift
+    """))
+    factory = resolve_model(f"{src}:Shift")
+    assert factory.name == "shift"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert resolve_model("my_mapper:Shift").name == "shift"
+    with pytest.raises(fb.UnknownNameError, match="no attribute 'Nope'"):
+        resolve_model(f"{src}:Nope")
+    with pytest.raises(fb.UnknownNameError, match="registered"):
+        resolve_model("no-such-model")
+
+
+def test_entry_point_of_another_package(monkeypatch):
+    import importlib.metadata as md
+
+    ep = md.EntryPoint(name="plugin-linear", value="baselines.linear:Linear", group="featbench.mappers")
+    real = md.entry_points
+
+    def fake(**kw):
+        found = list(real(**kw))
+        return md.EntryPoints(found + [ep]) if kw.get("group") == "featbench.mappers" else real(**kw)
+
+    monkeypatch.setattr(md, "entry_points", fake)
+    assert resolve_model("plugin-linear") is Linear
+
+
+# -- scoring ------------------------------------------------------------------------------------
+
+def test_identity_scores_equal_its_reference_point(suite, tmp_path):
+    res = _run(suite, resolve_model("identity"), tmp_path)
+    for t in res["tasks"]:
+        assert t["status"] == "ok"
+        for metric, score in t["metrics"].items():
+            assert score == t["reference_points"]["identity"][metric]
+    cnn = next(t for t in res["tasks"] if t["backbone"] == TINY_CNN and t["task_id"].endswith("rot90"))
+    assert {"mse", "r2", "cos_median", "top1_agree", "jsd", "top1_acc"} <= set(cnn["metrics"])
+    assert "spatial" in cnn["reference_points"]
+    vit = next(t for t in res["tasks"] if t["backbone"] == TINY_VIT)
+    assert {"emb_cos", "retrieval_agree"} <= set(vit["metrics"])
+    assert any("carried over" in n for n in vit["notes"])
+
+
+def test_spatial_is_exact_on_its_own_reference(suite, tmp_path):
+    res = _run(suite, resolve_model("spatial"), tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/rot90")
+    t = res["tasks"][0]
+    assert t["metrics"]["mse"] == t["reference_points"]["spatial"]["mse"]
+    bad = _run(suite, resolve_model("spatial"), tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/noise40", name="b.json")
+    assert bad["tasks"][0]["status"] == "failed" and "geometric" in bad["tasks"][0]["reason"]
+
+
+def test_linear_fits_a_known_linear_relation_and_reports_its_structure():
+    c = 6
+    W = torch.randn(c, c) / c + torch.eye(c)
+    b = torch.randn(c)
+    x = torch.randn(40, c, 3, 3)
+    y = torch.einsum("dc,nchw->ndhw", W, x) + b.view(1, c, 1, 1)
+    info = fb.TaskInfo("t", "bb", "l", (c, 3, 3), None, fb.get_manipulation("noise40"), 0, None)
+    m = Linear()
+    m.fit(fb.MapData(info, x, y, [f"i{i}" for i in range(40)]))
+    torch.testing.assert_close(m.W, W, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(m.predict(x), y, atol=1e-3, rtol=1e-3)
+    assert m.ridge == 0.0
+
+
+def test_linear_result_has_linear_structure(suite, tmp_path):
+    res = _run(suite, resolve_model("linear"), tmp_path, tasks=f"map/{TINY_CNN}/blocks.3/rot90")
+    ls = res["tasks"][0]["linear_structure"]
+    assert ls["effective_rank"] > 1 and ls["spectral_norm"] > 0
+    assert res["model"]["n_params"] == 48 * 48 + 48
+
+
+def test_same_seed_same_scores(suite, tmp_path):
+    cfg = RunConfig(seed=1, n_boot=50, time_budget_s=None)
+    quick = type("QuickMLP", (resolve_model("mlp"),), {"max_epochs": 2, "min_steps_per_epoch": 5})
+    a = _run(suite, quick, tmp_path, tasks=f"map/{TINY_CNN}/blocks.3/noise40", cfg=cfg, name="a.json")
+    b = _run(suite, quick, tmp_path, tasks=f"map/{TINY_CNN}/blocks.3/noise40", cfg=cfg, name="b.json")
+    assert a["tasks"][0]["status"] == "ok"
+    assert a["tasks"][0]["metrics"] == b["tasks"][0]["metrics"]
+
+
+# -- bad submissions ----------------------------------------------------------------------------
+
+class _Bad(fb.Mapper):
+    name, version = "bad", "1"
+    mode = ""
+
+    def fit(self, train):
+        if self.mode == "raise":
+            raise RuntimeError("boom in fit")
+        if self.mode == "slow":
+            import time
+            time.sleep(60)
+
+    def predict(self, x):
+        if self.mode == "shape":
+            return x[:, :1]
+        if self.mode == "dtype":
+            return x.to(torch.int64)
+        if self.mode == "nan":
+            return x * float("nan")
+        if self.mode == "inf":
+            return x + float("inf")
+        if self.mode == "type":
+            return x.numpy()
+        return x
+
+
+@pytest.mark.parametrize("mode,reason", [
+    ("raise", "boom in fit"), ("shape", "shape"), ("dtype", "dtype"), ("nan", "non-finite"),
+    ("inf", "non-finite"), ("type", "torch.Tensor"),
+])
+def test_bad_submission_fails_its_task_and_the_run_goes_on(suite, tmp_path, mode, reason):
+    factory = type(f"Bad_{mode}", (_Bad,), {"mode": mode})
+    res = _run(suite, factory, tmp_path, tasks=f"map/{TINY_CNN}/*/rot90")
+    assert len(res["tasks"]) == 2
+    for t in res["tasks"]:
+        assert t["status"] == "failed"
+        assert reason in t["reason"]
+    fb.results.validate_result(res)
+
+
+def test_time_budget_is_enforced(suite, tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluation, "BUDGET_GRACE", 1.0)
+    factory = type("Slow", (_Bad,), {"mode": "slow"})
+    cfg = RunConfig(seed=0, n_boot=20, time_budget_s=0.5)
+    res = _run(suite, factory, tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/rot90", cfg=cfg)
+    assert res["tasks"][0]["status"] == "failed"
+    assert "time budget" in res["tasks"][0]["reason"]
+
+
+# -- result files -------------------------------------------------------------------------------
+
+def test_interrupted_run_resumes_from_scored_tasks(suite, tmp_path, monkeypatch):
+    out = tmp_path / "linear.json"
+    tasks = suite.select("map/*/blocks.1/*")
+    real = evaluation.evaluate_map_task
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(args[2].id)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate_map_task", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_map_track(resolve_model("linear"), suite, tasks, out, CFG, progress=False)
+    partial = read_result(out)
+    assert [t["task_id"] for t in partial["tasks"]] == calls
+    resumed_calls = []
+
+    def counting(*args, **kwargs):
+        resumed_calls.append(args[2].id)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate_map_task", counting)
+    final = run_map_track(resolve_model("linear"), suite, tasks, out, CFG, progress=False)
+    assert len(final["tasks"]) == len(tasks)
+    assert set(resumed_calls) == {t.id for t in tasks} - set(calls)
+
+
+def test_rerun_never_overwrites_another_models_file(suite, tmp_path):
+    out = tmp_path / "x.json"
+    run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_CNN}/blocks.1/rot90"), out, CFG,
+                  progress=False)
+    before = out.read_bytes()
+    with pytest.raises(fb.FeatbenchError, match="refusing to overwrite"):
+        run_map_track(resolve_model("linear"), suite, suite.select(f"map/{TINY_CNN}/blocks.1/rot90"), out, CFG,
+                      progress=False)
+    assert out.read_bytes() == before
+    json.loads(before)
+
+
+def test_cli_validate_refuses_a_tampered_file(suite, tmp_path, capsys):
+    from featbench.cli import main
+
+    out = tmp_path / "id.json"
+    run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_CNN}/blocks.1/rot90"), out, CFG,
+                  progress=False)
+    assert main(["validate", str(out)]) == 0
+    data = json.loads(out.read_text())
+    data["tasks"][0]["metrics"]["r2"]["value"] = 0.99
+    out.write_text(json.dumps(data))
+    assert main(["validate", str(out)]) == 2
+    assert "record_sha256" in capsys.readouterr().err
