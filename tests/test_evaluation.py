@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,3 +239,16 @@ def test_cli_validate_refuses_a_tampered_file(suite, tmp_path, capsys):
     out.write_text(json.dumps(data))
     assert main(["validate", str(out)]) == 2
     assert "record_sha256" in capsys.readouterr().err
+
+
+def test_readme_example_submission_runs(suite, tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(# my_mapper\.py.*?)```", readme, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 25
+    (tmp_path / "my_mapper.py").write_text(code)
+    res = _run(suite, resolve_model(f"{tmp_path / 'my_mapper.py'}:ChannelAffine"), tmp_path,
+               tasks=f"map/{TINY_CNN}/blocks.1/*")
+    assert [t["status"] for t in res["tasks"]] == ["ok"] * 3
+    assert res["model"] | {"source_sha256": None} == {
+        "name": "channel-affine", "version": "1", "n_params": 48, "source_sha256": None,
+        "metadata": {"class": res["model"]["metadata"]["class"]}}
