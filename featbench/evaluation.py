@@ -13,6 +13,8 @@ every task, so an interrupted run resumes from the tasks already scored.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import random
 import signal
 import threading
@@ -25,19 +27,24 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 import featbench
 from featbench import metrics
 from featbench.backbones import Backbone, load_backbone
 from featbench.errors import FeatbenchError
+from featbench.hashing import sha256_json
 from featbench.images import seed_for
+from featbench.paths import cache_dir
 from featbench.mappers import MapData, Mapper, TaskInfo, source_sha256
 from featbench.results import environment_info, git_commit, read_result, write_result
 from featbench.storage import TaskData, column_array, load_task
 from featbench.suites import Suite, Task
 
 PREDICT_BATCH = 64
+# Bump when the metrics change, so cached reference points are recomputed.
+REFERENCE_CACHE_VERSION = 1
 # A fit may overrun its budget by this much (the mapper is told the budget and should stop in
 # time; the grace absorbs the last step) before it is interrupted and the task fails.
 BUDGET_GRACE = 1.25
@@ -141,11 +148,11 @@ def _predict_all(mapper: Mapper, x: torch.Tensor, prefix: torch.Tensor | None):
 
 
 class _Tails:
-    """Backbones, loaded once per run, and the tail outputs of each task's test targets."""
+    """Backbones, loaded once per run, and the tail outputs of each task's test targets (cached
+    on disk by the targets' data key: every model's run of a task needs the same ones)."""
 
     def __init__(self):
         self.backbones: dict[str, Backbone] = {}
-        self.targets: dict[tuple, torch.Tensor] = {}
 
     def backbone(self, name: str) -> Backbone:
         if name not in self.backbones:
@@ -159,9 +166,15 @@ class _Tails:
                           for i in range(0, len(maps), PREDICT_BATCH)])
 
     def target(self, task: Task, key: str, maps: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
-        if key not in self.targets:
-            self.targets[key] = self.run(task, maps, prefix)
-        return self.targets[key]
+        path = cache_dir() / "tails" / f"{key}.safetensors"
+        if path.is_file():
+            return load_file(path)["out"]
+        out = self.run(task, maps, prefix)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        save_file({"out": out.contiguous()}, str(tmp))
+        os.replace(tmp, path)
+        return out
 
 
 def _scores(task: Task, tails: _Tails, pred: torch.Tensor, pred_prefix, y: torch.Tensor, y_prefix,
@@ -175,6 +188,26 @@ def _scores(task: Task, tails: _Tails, pred: torch.Tensor, pred_prefix, y: torch
     else:
         out |= metrics.score_embeddings(tp, ty, n_boot=cfg.n_boot, seed=seed)
     return {k: v.to_dict() for k, v in out.items()}
+
+
+def _reference_points(task: Task, data: TaskData, tails: _Tails, test: MapData, target_key: str,
+                      labels: torch.Tensor, cfg: RunConfig) -> dict[str, dict]:
+    """identity (P = X) and, for geometric manipulations, spatial (P = the exact grid action of X);
+    cached on disk, since they are the same for every model."""
+    key = sha256_json([data.content_sha256, cfg.seed, cfg.n_boot, REFERENCE_CACHE_VERSION])
+    path = cache_dir() / "references" / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    refs = {"identity": test.x}
+    if task.manipulation.is_geometric:
+        refs["spatial"] = task.manipulation.grid_action(test.x)
+    out = {name: _scores(task, tails, pred, test.x_prefix, test.y, test.y_prefix, target_key, labels, cfg)
+           for name, pred in refs.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(out))
+    os.replace(tmp, path)
+    return out
 
 
 def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, cfg: RunConfig,
@@ -193,12 +226,7 @@ def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, c
     labels = torch.tensor(data.test["label"])
     target_key = data.record["y"]["key"]
     if references:
-        refs = {"identity": test.x}
-        if task.manipulation.is_geometric:
-            refs["spatial"] = task.manipulation.grid_action(test.x)
-        for name, pred in refs.items():
-            record["reference_points"][name] = _scores(task, tails, pred, test.x_prefix, test.y, test.y_prefix,
-                                                       target_key, labels, cfg)
+        record["reference_points"] = _reference_points(task, data, tails, test, target_key, labels, cfg)
     try:
         _seed_everything(info.seed)
         mapper = factory()
