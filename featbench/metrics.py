@@ -12,7 +12,8 @@ another, and resampling its numerator and denominator together (rather than aver
 ratios) is what keeps its interval honest. `bootstrap` resamples image indices once for all
 components; `score` evaluates a set of statistics with their intervals. The entry points are
 `score_maps`, `score_logits` and `score_embeddings`; `linear_structure` analyses mappers that
-expose a shared channel matrix.
+expose a shared channel matrix. At the image level, `lpips` (LPIPS v0.1 on featbench's pinned
+backbones) and `ssim` give one value per image pair.
 
 All arithmetic is in float64, whatever the input dtype or device.
 """
@@ -326,3 +327,150 @@ def linear_structure(W: torch.Tensor, b: torch.Tensor, X: torch.Tensor) -> dict[
     for k in TOP_K_VARIANCE:
         out[f"top{k}_variance_share"] = shares[min(k, len(shares)) - 1]
     return {name: float(v) for name, v in out.items()}
+
+
+# --- images (image-level metrics: LPIPS and SSIM) -----------------------------------------------
+
+# featbench's net names -> (the lpips package's net name, the asset holding its backbone).
+LPIPS_NETS = {"alex": ("alex", "lpips_alex"), "vgg": ("vgg", "lpips_vgg16")}
+_LPIPS_ALIASES = {"vgg16": "vgg", "alexnet": "alex"}
+_LPIPS_CHUNK = 16  # image pairs per forward pass: bounds memory for large batches
+# SSIM as Wang et al. (2004): an 11×11 Gaussian window of σ = 1.5, K1 = 0.01, K2 = 0.03, population
+# (not sample) covariances; on [0, 1] images (data_range = 1), per channel, averaged over channels.
+SSIM_PARAMS = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False, "K1": 0.01,
+               "K2": 0.03, "data_range": 1.0}
+
+def _images_unit(images: object, what: str) -> torch.Tensor:
+    """Images as a float32 N×3×H×W tensor in [0, 1] (CPU unless given as a tensor elsewhere).
+
+    Accepted: a PIL image or a sequence of them (converted to RGB); a uint8 array H×W×3 or
+    N×H×W×3 (channels last, as images are stored; divided by 255); a float array of that layout
+    in [0, 1]; a torch tensor 3×H×W or N×3×H×W (channels first, as torch models take them),
+    uint8 (divided by 255) or float in [0, 1].
+    """
+    from PIL import Image
+
+    if isinstance(images, Image.Image):
+        images = [images]
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError(f"{what}: no images")
+        arrays = [np.asarray(im.convert("RGB")) if isinstance(im, Image.Image) else np.asarray(im)
+                  for im in images]
+        if len({a.shape for a in arrays}) != 1:
+            raise ValueError(f"{what}: images of different shapes {sorted({a.shape for a in arrays})}")
+        images = np.stack(arrays)
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"{what}: arrays must be H×W×3 or N×H×W×3 (channels last); got {images.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    elif isinstance(images, torch.Tensor):
+        x = images.detach()
+        if x.dim() == 3:
+            x = x[None]
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"{what}: tensors must be 3×H×W or N×3×H×W (channels first); "
+                             f"got {tuple(x.shape)}")
+    else:
+        raise TypeError(f"{what}: expected PIL images, arrays or tensors; got {type(images).__name__}")
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32) / 255
+    if not x.is_floating_point():
+        raise TypeError(f"{what}: images must be uint8 or float in [0, 1]; got {x.dtype}")
+    x = x.to(torch.float32)
+    if x.numel() and not (bool(x.min() >= 0) and bool(x.max() <= 1)):  # NaN fails both
+        raise ValueError(f"{what}: float images must lie in [0, 1]; got values in "
+                         f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")
+    return x
+
+
+def _image_pair(images_a: object, images_b: object) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = _images_unit(images_a, "images_a"), _images_unit(images_b, "images_b")
+    if a.shape != b.shape:
+        raise ValueError(f"images_a and images_b must have the same shape N×3×H×W; "
+                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
+    return a, b
+
+
+def _lpips_net_name(net: str) -> str:
+    name = _LPIPS_ALIASES.get(net, net)
+    if name not in LPIPS_NETS:
+        raise ValueError(f"unknown LPIPS net {net!r}; known: {', '.join(LPIPS_NETS)}")
+    return name
+
+
+_LPIPS_MODELS: dict[tuple[str, str], torch.nn.Module] = {}
+
+
+def lpips_model(net: str = "alex", device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The ``lpips`` package's LPIPS v0.1 model with featbench's pinned backbone, in eval mode.
+
+    Built with ``pretrained=True, pnet_rand=True`` (its linear layers from the package's own
+    ``weights/v0.1``, no download), then the backbone's conv layers are loaded, strictly, from the
+    asset ``lpips_alex`` / ``lpips_vgg16`` (hash-verified). Cached per (net, device) in-process.
+    """
+    name = _lpips_net_name(net)
+    key = (name, str(torch.device(device)))
+    if key not in _LPIPS_MODELS:
+        import warnings
+
+        import lpips as lpips_package
+
+        from featbench.assets import load_asset
+
+        lpips_net, asset = LPIPS_NETS[name]
+        with warnings.catch_warnings():  # torchvision's notice about lpips's `pretrained=False`
+            warnings.simplefilter("ignore", UserWarning)
+            model = lpips_package.LPIPS(net=lpips_net, pretrained=True, pnet_rand=True, verbose=False)
+        # lpips splits torchvision's `features` into slices that keep the original indices as
+        # their submodule names (slice2.3 is features.3), so each tensor has exactly one home.
+        home = {f"features.{index}": f"{slice_name}.{index}"
+                for slice_name, block in model.net.named_children() for index, _ in block.named_children()}
+        backbone = {}
+        for key_name, tensor in load_asset(asset).items():
+            module, param = key_name.rsplit(".", 1)
+            if module not in home:
+                raise RuntimeError(f"LPIPS {name}: asset {asset} has {key_name}, which its backbone lacks")
+            backbone[f"{home[module]}.{param}"] = tensor
+        model.net.load_state_dict(backbone, strict=True)
+        model.requires_grad_(False)
+        _LPIPS_MODELS[key] = model.eval().to(device)
+    return _LPIPS_MODELS[key]
+
+
+def lpips(images_a: object, images_b: object, net: str = "alex") -> torch.Tensor:
+    """LPIPS v0.1 distance of each image pair: a float64 CPU tensor of N values (0 for equal images).
+
+    `net` is ``"alex"`` (DESIGN.md's metric) or ``"vgg"``. Images as `_images_unit` accepts them
+    (PIL images, uint8 or [0, 1] float arrays N×H×W×3, tensors N×3×H×W), both sides the same
+    shape; they are scaled to [-1, 1] as LPIPS expects, at their own size (no resizing). Runs
+    without gradients on the device of tensor inputs, else the CPU.
+    """
+    a, b = _image_pair(images_a, images_b)
+    model = lpips_model(net, a.device)
+    out = []
+    with torch.no_grad():
+        for start in range(0, a.shape[0], _LPIPS_CHUNK):
+            pa, pb = a[start:start + _LPIPS_CHUNK], b[start:start + _LPIPS_CHUNK]
+            out.append(model(pa * 2 - 1, pb * 2 - 1).flatten().to("cpu", torch.float64))
+    return torch.cat(out)
+
+
+def ssim(images_a: object, images_b: object) -> torch.Tensor:
+    """Structural similarity of each image pair: a float64 CPU tensor of N values (1 for equal images).
+
+    scikit-image's `structural_similarity` with `SSIM_PARAMS` (Wang et al.'s Gaussian window), on
+    images as `_images_unit` accepts them, in [0, 1], per RGB channel and averaged. Images must be
+    at least 11 px on each side (the window).
+    """
+    from skimage.metrics import structural_similarity
+
+    a, b = _image_pair(images_a, images_b)
+    a_np = a.permute(0, 2, 3, 1).to("cpu", torch.float64).numpy()
+    b_np = b.permute(0, 2, 3, 1).to("cpu", torch.float64).numpy()
+    if min(a_np.shape[1:3]) < 11:
+        raise ValueError(f"ssim: images must be at least 11×11 px (its window); got {a_np.shape[1:3]}")
+    return torch.tensor([structural_similarity(x, y, channel_axis=-1, **SSIM_PARAMS)
+                         for x, y in zip(a_np, b_np)], dtype=torch.float64)
