@@ -251,12 +251,17 @@ class Backbone:
         im = TF.resize(im.convert("RGB"), p.resize, interpolation=InterpolationMode(p.interpolation))
         return TF.pil_to_tensor(TF.center_crop(im, p.crop)).float()
 
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[0, 255] pixels → the network's input."""
+    def normalize(self, pixels: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """[0, 255] pixels → the network's input, written into `out` if given (any layout)."""
         p = self.spec.preprocessing
         mean = torch.tensor(p.mean, dtype=pixels.dtype).view(1, 3, 1, 1) * 255
         std = torch.tensor(p.std, dtype=pixels.dtype).view(1, 3, 1, 1) * 255
-        return (pixels - mean) / std
+        return torch.sub(pixels, mean, out=out).div_(std)
+
+    @property
+    def input_memory_format(self) -> torch.memory_format:
+        """The layout `features` runs the network in: NHWC for CNNs, the fast one for CPU convolutions."""
+        return torch.contiguous_format if self.is_vit else torch.channels_last
 
     def preprocess(self, images: Iterable[Image.Image | np.ndarray]) -> torch.Tensor:
         """PIL images (or H×W×3 uint8 arrays) → normalised N×3×H×W input tensor."""
@@ -285,9 +290,7 @@ class Backbone:
         layers = list(layers)
         self._check_layers(layers)
         order = tuple(sorted(set(layers), key=self._index.__getitem__))
-        if not self.is_vit:
-            x = x.contiguous(memory_format=torch.channels_last)
-        outs = dict(zip(order, self._extractor(order)(x)))
+        outs = dict(zip(order, self._extractor(order)(x.contiguous(memory_format=self.input_memory_format))))
         return {layer: self._to_map(outs[layer], dtype or outs[layer].dtype) for layer in layers}
 
     def _to_map(self, out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -162,7 +162,7 @@ def test_seal_ignores_a_stale_hash_and_copies():
 def test_result_path_is_filesystem_safe_and_unique(tmp_path):
     assert result_path(tmp_path, "linear", "featbench-v1") == tmp_path / "featbench-v1" / "results" / "linear.json"
     a, b = result_path(tmp_path, "my/model v2", "s"), result_path(tmp_path, "my_model_v2", "s")
-    assert a != b and a.parent == tmp_path / "s" and "/" not in a.name and " " not in a.name
+    assert a != b and a.parent == tmp_path / "s" / "results" and "/" not in a.name and " " not in a.name
     assert not result_path(tmp_path, "../up", "s").name.startswith(".")
 
 
