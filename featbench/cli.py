@@ -110,6 +110,46 @@ def _cmd_validate(args: argparse.Namespace) -> None:
               f"{res['suite']['name']} v{res['suite']['version']}, {len(res['tasks'])} tasks)")
 
 
+def _cmd_leaderboard_build(args: argparse.Namespace) -> None:
+    from featbench.leaderboard import build
+    from featbench.suites import load_suite
+
+    suite = load_suite(args.suite)
+    report = build(suite, args.root, args.out, use_built_data=not args.no_built_data)
+    print(report.summary())
+    if args.screenshot:
+        from featbench.browser import screenshot
+
+        print(f"wrote {screenshot(report.out_dir / 'index.html', report.out_dir / 'screenshot.png')}")
+
+
+def _cmd_leaderboard_show(args: argparse.Namespace) -> None:
+    from featbench.leaderboard import show
+    from featbench.suites import load_suite
+
+    print(show(load_suite(args.suite), args.root, track=args.track, sort=args.sort,
+               use_built_data=not args.no_built_data, wide=args.wide))
+
+
+def _cmd_submit_check(args: argparse.Namespace) -> None:
+    from featbench.submission import submit_check
+
+    report = submit_check(args.file, suite=args.suite, model=args.model, sample=args.sample, seed=args.seed,
+                          atol=args.atol, rtol=args.rtol)
+    print(report.summary())
+    if not report.ok:
+        raise FeatbenchError(f"{args.file}: {len(report.mismatches)} score(s) do not match the re-run")
+
+
+def _cmd_publish(args: argparse.Namespace) -> None:
+    from featbench.publish import publish
+    from featbench.suites import load_suite
+
+    out = publish(load_suite(args.suite), args.repo, dry_run=args.dry_run, leaderboard_root=args.leaderboard,
+                  private=args.private)
+    print(out.summary() if args.dry_run else f"published: {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="featbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +185,45 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check result files against the schema and their hashes")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("leaderboard", help="build or show a suite's leaderboard from its result files")
+    lb = p.add_subparsers(dest="leaderboard_command", required=True)
+    q = lb.add_parser("build", help="check leaderboard/<suite>/results/*.json and write LEADERBOARD.md, "
+                                    "leaderboard.csv, leaderboard.json, index.html")
+    q.add_argument("--suite", required=True)
+    q.add_argument("--root", help="leaderboard folder with results/ (default: leaderboard/<suite>)")
+    q.add_argument("--out", help="write the files here (default: the leaderboard folder)")
+    q.add_argument("--no-built-data", action="store_true",
+                   help="take expected task hashes only from task_hashes.json and the results, not from built data")
+    q.add_argument("--screenshot", action="store_true", help="also write screenshot.png (needs headless Chromium)")
+    q.set_defaults(func=_cmd_leaderboard_build)
+    q = lb.add_parser("show", help="print the leaderboard table in the terminal")
+    q.add_argument("--suite", default="featbench-v1")
+    q.add_argument("--track", choices=["map", "invert"])
+    q.add_argument("--sort", help="rank (default), model, params, fit_s, predict_per_s, a headline score "
+                                  "(mean over tasks) or CATEGORY/SCORE, e.g. geometric/r2")
+    q.add_argument("--root", help="leaderboard folder with results/ (default: leaderboard/<suite>)")
+    q.add_argument("--wide", action="store_true", help="one column per category and score (as LEADERBOARD.md)")
+    q.add_argument("--no-built-data", action="store_true", help="as for build")
+    q.set_defaults(func=_cmd_leaderboard_show)
+
+    p = sub.add_parser("submit-check", help="re-run a random sample of a result file's tasks and compare scores")
+    p.add_argument("file")
+    p.add_argument("--suite", help="suite name or YAML file (default: the result's suite)")
+    p.add_argument("--model", help="the model, as for run (default: the result's model.metadata.class)")
+    p.add_argument("--sample", type=int, default=3, help="tasks to re-run (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random choice of tasks")
+    p.add_argument("--atol", type=float, default=0.01)
+    p.add_argument("--rtol", type=float, default=0.02)
+    p.set_defaults(func=_cmd_submit_check)
+
+    p = sub.add_parser("publish", help="push a suite's task data and leaderboard to the Hugging Face Hub")
+    p.add_argument("--suite", required=True)
+    p.add_argument("--repo", required=True, help="dataset repository ORG/NAME")
+    p.add_argument("--dry-run", metavar="DIR", help="write what would be uploaded into DIR, upload nothing")
+    p.add_argument("--leaderboard", help="leaderboard folder to include (default: leaderboard/<suite>)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.set_defaults(func=_cmd_publish)
     return parser
 
 
