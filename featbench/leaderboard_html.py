@@ -135,6 +135,11 @@ def plot_layers(summary: dict[str, Any]) -> str:
     for row, backbone in zip(grid, backbones):
         keys = [k for k in layers if k.split("/")[0] == backbone]
         for ax, metric in zip(row, metrics):
+            if all(e["layers"][k][metric]["value"] is None for e in models for k in keys):
+                ax.axis("off")
+                ax.text(0.5, 0.5, f"{backbone}: no {metric}", ha="center", va="center", color="#888",
+                        transform=ax.transAxes)
+                continue
             for e in models:
                 ys = [e["layers"][k][metric]["value"] for k in keys]
                 ax.plot(range(len(keys)), [float("nan") if y is None else y for y in ys], marker="o",
@@ -142,8 +147,11 @@ def plot_layers(summary: dict[str, Any]) -> str:
             ax.set_xticks(range(len(keys)), [k.split("/", 1)[1] for k in keys])
             ax.set_xlim(-0.3, len(keys) - 0.7)
             ax.set_title(f"{backbone}: {metric}", fontsize=8)
-    grid[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
-    fig.subplots_adjust(hspace=0.45)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([0], [0], color=colors[e["model"]], marker="o", markersize=4, label=e["model"]) for e in models]
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.91, 0.88), frameon=False)
+    fig.subplots_adjust(hspace=0.45, right=0.9)
     return _svg(fig)
 
 
