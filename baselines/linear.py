@@ -76,8 +76,6 @@ class Linear(fb.Mapper):
 
     def fit(self, train: fb.MapData) -> None:
         self.info = train.info
-        if self.spatial and not train.info.is_geometric:
-            raise fb.FeatbenchError(f"{self.name} applies to geometric manipulations only")
         fit_part, val_part = train.split(0.05, seed=train.info.seed)
         fit_m, val_m = self._moments(fit_part), self._moments(val_part)
         val_sse = {r: val_m.sse(fit_m.solve(r)) for r in RIDGE_GRID}
@@ -101,3 +99,4 @@ class Linear(fb.Mapper):
 class LinearSpatial(Linear):
     name = "linear+spatial"
     spatial = True
+    categories = ("geometric",)

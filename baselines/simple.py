@@ -23,10 +23,9 @@ class Spatial(fb.Mapper):
     """The manipulation's exact action on the grid (geometric manipulations only)."""
 
     name, version = "spatial", "1"
+    categories = ("geometric",)
 
     def fit(self, train: fb.MapData) -> None:
-        if not train.info.is_geometric:
-            raise fb.FeatbenchError(f"spatial applies to geometric manipulations only, not {train.info.category}")
         self.info = train.info
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ import featbench
 from featbench import metrics
 from featbench.backbones import Backbone, load_backbone
 from featbench.errors import FeatbenchError
-from featbench.hashing import sha256_json
+from featbench.hashing import sha256_json, sha256_tensors
 from featbench.images import seed_for
 from featbench.paths import cache_dir
 from featbench.mappers import MapData, Mapper, TaskInfo, source_sha256
@@ -43,8 +43,8 @@ from featbench.storage import TaskData, column_array, load_task
 from featbench.suites import Suite, Task
 
 PREDICT_BATCH = 64
-# Bump when the metrics change, so cached reference points are recomputed.
-REFERENCE_CACHE_VERSION = 1
+# Bump when the metrics change, so cached scores are recomputed.
+SCORE_CACHE_VERSION = 1
 # A fit may overrun its budget by this much (the mapper is told the budget and should stop in
 # time; the grace absorbs the last step) before it is interrupted and the task fails.
 BUDGET_GRACE = 1.25
@@ -179,6 +179,15 @@ class _Tails:
 
 def _scores(task: Task, tails: _Tails, pred: torch.Tensor, pred_prefix, y: torch.Tensor, y_prefix,
             target_key: str, labels: torch.Tensor, cfg: RunConfig) -> dict[str, dict]:
+    """The scores of `pred`, cached on disk by a hash of the prediction itself: they depend on
+    nothing else but the task's targets and the bootstrap settings, so the identity and spatial
+    reference points, and models that predict them (`identity`, `spatial`), cost one tail pass
+    per task, not one per model."""
+    key = sha256_json([sha256_tensors({"pred": pred, **({"prefix": pred_prefix} if pred_prefix is not None else {})}),
+                       target_key, task.id, cfg.seed, cfg.n_boot, SCORE_CACHE_VERSION])
+    path = cache_dir() / "scores" / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
     seed = seed_for(cfg.seed, task.id, "bootstrap")
     out = metrics.score_maps(pred, y, n_boot=cfg.n_boot, seed=seed)
     tp = tails.run(task, pred, pred_prefix)
@@ -187,27 +196,22 @@ def _scores(task: Task, tails: _Tails, pred: torch.Tensor, pred_prefix, y: torch
         out |= metrics.score_logits(tp, ty, labels, n_boot=cfg.n_boot, seed=seed)
     else:
         out |= metrics.score_embeddings(tp, ty, n_boot=cfg.n_boot, seed=seed)
-    return {k: v.to_dict() for k, v in out.items()}
+    scores = {k: v.to_dict() for k, v in out.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(scores))
+    os.replace(tmp, path)
+    return scores
 
 
-def _reference_points(task: Task, data: TaskData, tails: _Tails, test: MapData, target_key: str,
-                      labels: torch.Tensor, cfg: RunConfig) -> dict[str, dict]:
-    """identity (P = X) and, for geometric manipulations, spatial (P = the exact grid action of X);
-    cached on disk, since they are the same for every model."""
-    key = sha256_json([data.content_sha256, cfg.seed, cfg.n_boot, REFERENCE_CACHE_VERSION])
-    path = cache_dir() / "references" / f"{key}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+def _reference_points(task: Task, tails: _Tails, test: MapData, target_key: str, labels: torch.Tensor,
+                      cfg: RunConfig) -> dict[str, dict]:
+    """identity (P = X) and, for geometric manipulations, spatial (P = the exact grid action of X)."""
     refs = {"identity": test.x}
     if task.manipulation.is_geometric:
         refs["spatial"] = task.manipulation.grid_action(test.x)
-    out = {name: _scores(task, tails, pred, test.x_prefix, test.y, test.y_prefix, target_key, labels, cfg)
-           for name, pred in refs.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(out))
-    os.replace(tmp, path)
-    return out
+    return {name: _scores(task, tails, pred, test.x_prefix, test.y, test.y_prefix, target_key, labels, cfg)
+            for name, pred in refs.items()}
 
 
 def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, cfg: RunConfig,
@@ -226,7 +230,7 @@ def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, c
     labels = torch.tensor(data.test["label"])
     target_key = data.record["y"]["key"]
     if references:
-        record["reference_points"] = _reference_points(task, data, tails, test, target_key, labels, cfg)
+        record["reference_points"] = _reference_points(task, tails, test, target_key, labels, cfg)
     try:
         _seed_everything(info.seed)
         mapper = factory()
@@ -270,9 +274,13 @@ def model_identity(factory: Callable[[], Mapper]) -> dict[str, Any]:
 
 def run_map_track(factory: Callable[[], Mapper], suite: Suite, tasks: list[Task], out: str | Path,
                   cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
-    """Evaluate `tasks`, writing the result file `out` after each one; resumes from `out`."""
+    """Evaluate `tasks` (those of the mapper's `categories`), writing the result file `out` after
+    each one; resumes from `out`."""
     out = Path(out)
     model = model_identity(factory)
+    categories = getattr(factory, "categories", None)
+    if categories is not None:
+        tasks = [t for t in tasks if t.category in categories]
     done: dict[str, dict] = {}
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     previous_duration = 0.0
@@ -293,8 +301,8 @@ def run_map_track(factory: Callable[[], Mapper], suite: Suite, tasks: list[Task]
     bar = tqdm(tasks, desc=f"{model['name']} on {suite.name}", unit="task", disable=not progress)
     for task in bar:
         bar.set_postfix_str(task.id)
-        if task.id in done:
-            result = done[task.id]
+        if task.id in done and done[task.id]["task_sha256"] == load_task(suite, task).content_sha256:
+            result = done[task.id]  # scored before, on the same data
         else:
             result = evaluate_map_task(factory, suite, task, cfg, tails)
         record["tasks"] = [t for t in record["tasks"] if t["task_id"] != task.id] + [result]

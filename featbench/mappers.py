@@ -116,11 +116,14 @@ class Mapper:
     predicted maps of the same shape, or a pair (maps, prefix) to predict the prefix too; where
     no prefix is predicted, the source's prefix is carried over unchanged.
     ``describe()`` may return ``n_params`` and, for a shared linear map y_p = W x_p + b, ``linear``
-    = (W, b) for the linear-structure analysis.
+    = (W, b) for the linear-structure analysis. ``categories`` names the manipulation categories
+    a mapper applies to (``("geometric",)`` for one built on the grid action); a run scores it on
+    those tasks only.
     """
 
     name: str = "unnamed"
     version: str = "0"
+    categories: tuple[str, ...] | None = None  # None: every category
 
     def fit(self, train: MapData) -> None:
         raise NotImplementedError
