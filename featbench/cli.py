@@ -80,11 +80,13 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from featbench.suites import load_suite
 
     suite = load_suite(args.suite)
-    models = args.model or suite.run_defaults.get("models")
+    invert = args.track == "invert"
+    models = args.model or (suite.run_defaults.get("invert_models", _INVERT_MODELS) if invert
+                            else suite.run_defaults.get("models"))
     if not models:
         raise FeatbenchError(f"suite {suite.name} names no default models; pass --model")
     budget = args.time_budget if args.time_budget is not None else suite.run_defaults.get("time_budget_s")
-    tasks = suite.select(args.tasks, track="map")
+    tasks = suite.select(args.tasks, track=args.track)
     unbuilt = {(t.backbone, t.layer) for t in tasks
                if not all(is_built(r) for r in variant_refs(suite, t.backbone, t.layer).values())}
     if unbuilt and suite.images["kind"] == "package":  # small, self-contained: just build it
@@ -96,9 +98,35 @@ def _cmd_run(args: argparse.Namespace) -> None:
     results = []
     for spec in models:
         out = args.out or result_path(args.out_dir, spec, suite.name)
-        results.append(run_map_track(resolve_model(spec), suite, tasks, out, cfg))
+        if invert:
+            from featbench.invert_evaluation import resolve_inverter, run_invert_track
+
+            results.append(run_invert_track(resolve_inverter(spec), suite, tasks, out, cfg))
+        else:
+            results.append(run_map_track(resolve_model(spec), suite, tasks, out, cfg))
         print(f"wrote {out}")
-    print(summary_table(results))
+    if invert:
+        from featbench.invert_evaluation import summary_table as invert_summary_table
+
+        print(invert_summary_table(results))
+    else:
+        print(summary_table(results))
+
+
+_INVERT_MODELS = ["decoder", "featinv-tiny"]
+
+
+def _cmd_train_inverter(args: argparse.Namespace) -> None:
+    import torch
+
+    from featbench.invert_evaluation import train_inverter
+    from featbench.suites import load_suite
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = train_inverter(load_suite(args.suite), args.backbone, args.layer, args.preset, seed=args.seed,
+                            max_steps=args.max_steps, max_minutes=args.max_minutes, restart=args.restart)
+    print(f"{args.preset} on {args.suite} {args.backbone}/{args.layer}: {report.summary()}")
 
 
 def _cmd_validate(args: argparse.Namespace) -> None:
@@ -180,7 +208,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95 %% intervals")
     p.add_argument("--time-budget", type=float, help="seconds per task fit (default: the suite's)")
+    p.add_argument("--track", choices=["map", "invert"], default="map",
+                   help="map (default) or invert: reconstruct images from maps (models: registered inverters, "
+                        "default decoder and featinv-tiny)")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("train-inverter", help="train an inverter preset on one backbone and layer, with "
+                                              "checkpoints and resume (for `run --track invert`)")
+    p.add_argument("--suite", required=True)
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--layer", required=True)
+    p.add_argument("--preset", required=True, help="a registered inverter with train(): decoder, featinv-tiny, featinv-sd")
+    p.add_argument("--max-steps", type=int, help="train to this many steps in all (default: the preset's)")
+    p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this many minutes")
+    p.add_argument("--seed", type=int, default=0, help="as `run --seed`: a run resumes only its own seed's training")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--restart", action="store_true", help="delete this preset's checkpoints first")
+    p.set_defaults(func=_cmd_train_inverter)
 
     p = sub.add_parser("validate", help="check result files against the schema and their hashes")
     p.add_argument("files", nargs="+")

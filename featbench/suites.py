@@ -71,6 +71,9 @@ class Suite:
     path: Path | None = None
     # What `featbench run` does on this suite by default: {"models": [...], "time_budget_s": s}
     run_defaults: dict[str, Any] = field(default_factory=dict)
+    # Pinned invert-track settings (classifier, image_size, sampler: {steps, guidance}); empty: the
+    # defaults of `featbench.invert_evaluation.DEFAULT_SETTINGS`. Hashed into the spec when given.
+    invert: dict[str, Any] = field(default_factory=dict)
 
     # -- tasks --------------------------------------------------------------------------------
     @cached_property
@@ -143,7 +146,7 @@ class Suite:
         images = dict(self.images, manifest_sha256=source.manifest_sha256, n_images=len(source))
         name = f"{self.name}+custom-{source.manifest_sha256[:8]}"
         return Suite(name, self.version, self.description, self.seed, images, self.n_test, self.views,
-                     self.backbones, self.manipulations, self.tracks, self.path, self.run_defaults)
+                     self.backbones, self.manipulations, self.tracks, self.path, self.run_defaults, self.invert)
 
     # -- hashes -------------------------------------------------------------------------------
     def variants(self) -> list[Manipulation | None]:
@@ -165,12 +168,15 @@ class Suite:
         }
 
     def spec_dict(self) -> dict[str, Any]:
-        return {
+        spec = {
             "name": self.name, "version": self.version, "seed": self.seed, "images": self.images,
             "n_test": self.n_test, "views": self.views, "backbones": self.backbones,
             "manipulations": [m.spec() for m in self.manipulations], "tracks": self.tracks,
             "format_version": DATA_FORMAT_VERSION,
         }
+        if self.invert:  # only when given, so the hashes of suites without it stay as they were
+            spec["invert"] = self.invert
+        return spec
 
     def spec_sha256(self) -> str:
         return sha256_json(self.spec_dict())
@@ -204,7 +210,7 @@ def _suite_from_yaml(path: Path) -> Suite:
             backbones={b: list(layers) for b, layers in raw["backbones"].items()},
             manipulations=[_manipulation(m) for m in raw.get("manipulations", [])],
             tracks=list(raw.get("tracks", ["map", "invert"])), path=path,
-            run_defaults=dict(raw.get("run_defaults", {})),
+            run_defaults=dict(raw.get("run_defaults", {})), invert=dict(raw.get("invert") or {}),
         ))
     except FeatbenchError:
         raise

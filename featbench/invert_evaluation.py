@@ -1,0 +1,347 @@
+"""The invert-track evaluator: fit an inverter on each invert task's training split, reconstruct the
+test images from their feature maps, score the reconstructions against the true images.
+
+Scores (DESIGN.md, "Metrics", invert track), each with a seeded bootstrap interval over test images,
+on reconstructions at the suite's image size S (``invert.image_size``, default 64 px; an inverter
+working at another resolution R has its output resized to S, bicubic with antialiasing):
+
+- ``lpips``: LPIPS v0.1 (AlexNet) between reconstruction and true image (`featbench.metrics.lpips`);
+- ``ssim``: SSIM (Wang et al., Gaussian window) between them (`featbench.metrics.ssim`);
+- ``top1_agree``, ``jsd``, ``top1_acc``: the suite's classifier (``invert.classifier``, default
+  efficientnet_lite0, for every backbone) on the reconstruction, resized to its input size, vs
+  on the true image at the backbone's input size (`featbench.metrics.logit_components`);
+- ``feat_cos``: the task's backbone applied to the reconstruction (resized to its input size):
+  per image, the median over positions of the cosine between its map at the task's layer and the
+  given map, averaged over images (the map track's ``cos_median`` aggregation);
+- ``predict_per_s``: reconstructed images per second (the task record's throughput field);
+  ``fit_s`` as for the map track.
+
+Reference points beside every score: ``mean`` (the mean training image, for every test image),
+``downsampled`` (the true image at S: LPIPS 0 and SSIM 1 by construction; its classifier and
+feature scores are the ceiling that scoring at S allows), and, for inverters that can sample
+without their condition (``invert_unconditional(n)``), ``unconditional``. An inverter that raises,
+overruns its budget, or returns anything but N×3×R×R finite floats in [0, 1] fails that task with
+the reason recorded; the run goes on, and, as on the map track, the result file is rewritten
+after every task so that an interrupted run resumes.
+
+The targets are derived from the suite's pinned images as `featbench.inverters.target_images`
+documents (each row's own view, resized, 8-bit), cached by key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tabulate import tabulate
+from tqdm.auto import tqdm
+
+import featbench
+from featbench import metrics
+from featbench.errors import FeatbenchError
+from featbench.evaluation import (
+    BUDGET_GRACE, BudgetExceeded, RunConfig, _as_tensor, _deadline, _seed_everything, _Tails, _with_prefix,
+    model_identity,
+)
+from featbench.hashing import sha256_json
+from featbench.images import seed_for
+from featbench.inverters import (
+    InvertData, InvertInfo, Inverter, aligned_targets, as_unit, checkpoint_dir, resize_images, resolve_inverter,
+)
+from featbench.paths import cache_dir
+from featbench.results import environment_info, git_commit, read_result, write_result
+from featbench.storage import TaskData, load_task
+from featbench.suites import Suite, Task
+
+INVERT_BATCH = 32
+SCORE_BATCH = 32
+# The suite's ``invert:`` section overrides these (and may pin ``sampler: {steps, guidance}``).
+DEFAULT_SETTINGS: dict[str, Any] = {"classifier": "efficientnet_lite0", "image_size": 64}
+HEADLINE = ("lpips", "ssim", "top1_agree", "feat_cos")
+# Bump when the invert metrics change, so cached reference points are recomputed.
+REFERENCE_CACHE_VERSION = 1
+
+
+def invert_settings(suite: Suite) -> dict[str, Any]:
+    return {**DEFAULT_SETTINGS, **(getattr(suite, "invert", None) or {})}
+
+
+def invert_info(suite: Suite, task: Task, data: TaskData, cfg: RunConfig) -> InvertInfo:
+    x = data.train.features["x"].shape
+    prefix = data.train.features["x_prefix"].shape if "x_prefix" in data.train.column_names else None
+    settings = invert_settings(suite)
+    return InvertInfo(task.id, suite.name, task.backbone, task.layer, tuple(x), prefix and tuple(prefix),
+                      int(settings["image_size"]), seed_for(cfg.seed, task.id), cfg.time_budget_s,
+                      data.content_sha256, settings)
+
+
+def invert_data(suite: Suite, data: TaskData, info: InvertInfo, resolution: int, split: str = "train") -> InvertData:
+    """A split's maps with their true images at `resolution` (N×3×R×R floats in [0, 1])."""
+    ds = getattr(data, split)
+    ids, views = list(ds["image_id"]), [int(v) for v in ds["view"]]
+    images = aligned_targets(suite, info.backbone, split, [resolution], ids, views)[resolution]
+    return InvertData(info, _as_tensor(ds, "x"), as_unit(images), ids, views, _as_tensor(ds, "x_prefix"))
+
+
+# --- checks and inversion ----------------------------------------------------------------------
+
+
+def check_images(out: Any, n: int, size: int) -> torch.Tensor:
+    """`out` as float32 CPU images after checking type, shape, dtype, finiteness and range."""
+    if not isinstance(out, torch.Tensor):
+        raise FeatbenchError(f"invert returned {type(out).__name__}; expected a torch.Tensor")
+    want = (n, 3, size, size)
+    if tuple(out.shape) != want:
+        raise FeatbenchError(f"invert returned images of shape {tuple(out.shape)}; expected {want}")
+    if not out.is_floating_point():
+        raise FeatbenchError(f"invert returned images of dtype {out.dtype}; expected floats in [0, 1]")
+    out = out.detach().to("cpu", torch.float32)
+    if not torch.isfinite(out).all():
+        raise FeatbenchError(f"invert returned {int((~torch.isfinite(out)).sum())} non-finite values (NaN or inf)")
+    lo, hi = float(out.min()), float(out.max())
+    if lo < 0 or hi > 1:
+        raise FeatbenchError(f"invert returned values outside [0, 1] (min {lo:.4g}, max {hi:.4g})")
+    return out
+
+
+def _invert_all(inverter: Inverter, x: torch.Tensor, prefix: torch.Tensor | None, size: int) -> torch.Tensor:
+    out = []
+    for i in range(0, len(x), INVERT_BATCH):
+        xb = x[i:i + INVERT_BATCH].clone()
+        pb = None if prefix is None else prefix[i:i + INVERT_BATCH].clone()
+        with torch.inference_mode():
+            out.append(check_images(inverter.invert(_with_prefix(xb, pb)), len(xb), size))
+    return torch.cat(out)
+
+
+# --- scores ------------------------------------------------------------------------------------
+
+
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([fn(x[i:i + SCORE_BATCH]) for i in range(0, len(x), SCORE_BATCH)])
+
+
+def _logits(models: _Tails, name: str, images: torch.Tensor) -> torch.Tensor:
+    """The classifier's logits of [0, 1] images, resized to its input size."""
+    clf = models.backbone(name)
+    if not clf.spec.has_head:
+        raise FeatbenchError(f"the suite's invert classifier {name} has no classification head")
+    crop = clf.spec.preprocessing.crop
+    return _batched(lambda b: clf.model(clf.normalize(resize_images(b, crop) * 255).contiguous(
+        memory_format=clf.input_memory_format)).float(), images)
+
+
+def _features(models: _Tails, task: Task, images: torch.Tensor) -> torch.Tensor:
+    bb = models.backbone(task.backbone)
+    crop = bb.spec.preprocessing.crop
+    return _batched(lambda b: bb.features(bb.normalize(resize_images(b, crop) * 255), [task.layer])[task.layer].float(),
+                    images)
+
+
+def _statistics() -> dict[str, Callable]:
+    stats = {"lpips": lambda c: float(np.mean(c["lpips"])), "ssim": lambda c: float(np.mean(c["ssim"]))}
+    stats |= metrics.LOGIT_STATISTICS
+    stats["feat_cos"] = lambda c: float(np.mean(c["feat_cos"]))
+    return stats
+
+
+class _Truth:
+    """A task's test targets: true images at the scored size, and the classifier's logits of the
+    true images at the backbone's input size."""
+
+    def __init__(self, suite: Suite, task: Task, data: TaskData, info: InvertInfo, models: _Tails):
+        ds = data.test
+        ids, views = list(ds["image_id"]), [int(v) for v in ds["view"]]
+        size, crop = info.image_size, models.backbone(task.backbone).spec.preprocessing.crop
+        imgs = aligned_targets(suite, task.backbone, "test", sorted({size, crop}), ids, views)
+        self.images = as_unit(imgs[size])
+        self.logits = _logits(models, info.settings["classifier"], as_unit(imgs[crop]))
+        self.x = _as_tensor(ds, "x")
+        self.labels = torch.tensor(ds["label"])
+
+
+def score_images(recon: torch.Tensor, truth: _Truth, task: Task, info: InvertInfo, models: _Tails,
+                 cfg: RunConfig) -> dict[str, dict]:
+    """Every invert-track score of reconstructions at the scored size, with bootstrap intervals."""
+    components = {
+        "lpips": metrics.lpips(recon, truth.images, net="alex").numpy(),
+        "ssim": metrics.ssim(recon, truth.images).numpy(),
+        **metrics.logit_components(_logits(models, info.settings["classifier"], recon), truth.logits, truth.labels),
+        "feat_cos": metrics.map_components(_features(models, task, recon), truth.x)["cos_median"],
+    }
+    seed = seed_for(cfg.seed, task.id, "bootstrap")
+    return {k: v.to_dict() for k, v in metrics.score(components, _statistics(), n_boot=cfg.n_boot, seed=seed).items()}
+
+
+def _reference_points(suite: Suite, task: Task, data: TaskData, info: InvertInfo, truth: _Truth, models: _Tails,
+                      cfg: RunConfig) -> dict[str, dict]:
+    """``mean`` and ``downsampled``, the same for every inverter: cached on disk."""
+    key = sha256_json([data.content_sha256, info.settings, cfg.seed, cfg.n_boot, REFERENCE_CACHE_VERSION, "invert"])
+    path = cache_dir() / "references" / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    ds = data.train
+    ids, views = list(ds["image_id"]), [int(v) for v in ds["view"]]
+    train_images = as_unit(aligned_targets(suite, task.backbone, "train", [info.image_size], ids, views)[info.image_size])
+    mean = train_images.mean(dim=0, keepdim=True).expand(len(truth.images), -1, -1, -1).contiguous()
+    out = {"mean": score_images(mean, truth, task, info, models, cfg),
+           "downsampled": score_images(truth.images, truth, task, info, models, cfg)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(out))
+    os.replace(tmp, path)
+    return out
+
+
+def evaluate_invert_task(factory: Callable[[], Inverter], suite: Suite, task: Task, cfg: RunConfig,
+                         models: _Tails | None = None, references: bool = True) -> dict[str, Any]:
+    """Fit and score one invert task; returns its task record (status "ok" or "failed")."""
+    models = models or _Tails()
+    data = load_task(suite, task)
+    info = invert_info(suite, task, data, cfg)
+    record: dict[str, Any] = {
+        "task_id": task.id, "task_version": task.version, "task_sha256": data.content_sha256,
+        "category": task.category, "backbone": task.backbone, "layer": task.layer,
+        "n_train": len(data.train), "n_test": len(data.test), "fit_s": None, "predict_per_s": None,
+        "time_budget_s": cfg.time_budget_s, "metrics": {}, "reference_points": {},
+        "notes": [f"scored at {info.image_size} px; classifier {info.settings['classifier']}; "
+                  "predict_per_s is reconstructed images per second"],
+    }
+    truth = _Truth(suite, task, data, info, models)
+    if references:
+        record["reference_points"] = _reference_points(suite, task, data, info, truth, models, cfg)
+    try:
+        _seed_everything(info.seed)
+        inverter = factory()
+        resolution = int(getattr(inverter, "resolution", None) or info.image_size)
+        train = invert_data(suite, data, info, resolution, "train")
+        test_prefix = _as_tensor(data.test, "x_prefix")
+        limit = None if cfg.time_budget_s is None else cfg.time_budget_s * BUDGET_GRACE + 5
+        start = time.perf_counter()
+        with _deadline(limit):
+            inverter.fit(train)
+        record["fit_s"] = round(time.perf_counter() - start, 3)
+        if limit is not None and record["fit_s"] > limit:
+            raise BudgetExceeded(f"fit took {record['fit_s']:.0f} s, over its time budget ({cfg.time_budget_s:.0f} s)")
+        start = time.perf_counter()
+        recon = _invert_all(inverter, truth.x, test_prefix, resolution)
+        record["predict_per_s"] = round(len(recon) / max(time.perf_counter() - start, 1e-9), 3)
+        unconditional = None
+        if hasattr(inverter, "invert_unconditional"):
+            with torch.inference_mode():
+                unconditional = check_images(inverter.invert_unconditional(len(recon)), len(recon), resolution)
+    except Exception as exc:  # a bad submission fails its task, never the run
+        record["status"] = "failed"
+        record["reason"] = f"{type(exc).__name__}: {exc}"
+        record["notes"].append(traceback.format_exc(limit=3)[-2000:])
+        return record
+    if resolution != info.image_size:
+        record["notes"].append(f"reconstructions at {resolution} px resized to {info.image_size} px (bicubic, antialiased)")
+    record["metrics"] = score_images(resize_images(recon, info.image_size).clamp(0, 1), truth, task, info, models, cfg)
+    if unconditional is not None:
+        record["reference_points"]["unconditional"] = score_images(
+            resize_images(unconditional, info.image_size).clamp(0, 1), truth, task, info, models, cfg)
+    described = inverter.describe() if hasattr(inverter, "describe") else {}
+    if described.get("n_params") is not None:
+        record["n_params"] = int(described["n_params"])
+    for key in ("steps", "stopped_by", "sampler", "weights_sha256"):
+        if described.get(key) is not None:
+            record["notes"].append(f"{key}: {described[key]}")
+    record["status"] = "ok"
+    return record
+
+
+def run_invert_track(factory: Callable[[], Inverter], suite: Suite, tasks: list[Task], out: str | Path,
+                     cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
+    """Evaluate invert `tasks`, writing the result file `out` after each one; resumes from `out`."""
+    out = Path(out)
+    model = model_identity(factory)
+    model["metadata"]["invert_settings"] = invert_settings(suite)
+    done: dict[str, dict] = {}
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    previous_duration = 0.0
+    if out.exists():
+        prev = read_result(out)
+        same = (prev["track"], prev["model"]["name"], prev["model"]["version"], prev["suite"]["name"],
+                prev["suite"]["version"], prev["seed"])
+        if same == ("invert", model["name"], model["version"], suite.name, suite.version, cfg.seed):
+            done = {t["task_id"]: t for t in prev["tasks"] if t["status"] == "ok"}
+            started, previous_duration = prev["started_at"], prev["duration_s"]
+    record = {
+        "schema_version": "1.0", "featbench_version": featbench.__version__, "git_commit": git_commit(),
+        "suite": {"name": suite.name, "version": suite.version, "spec_sha256": suite.spec_sha256()},
+        "track": "invert", "model": model, "seed": cfg.seed, "environment": environment_info("cpu"),
+        "started_at": started, "duration_s": previous_duration, "tasks": [],
+    }
+    models = _Tails()
+    run_start = time.perf_counter()
+    bar = tqdm(tasks, desc=f"{model['name']} on {suite.name} (invert)", unit="task", disable=not progress)
+    for task in bar:
+        bar.set_postfix_str(task.id)
+        result = done[task.id] if task.id in done else evaluate_invert_task(factory, suite, task, cfg, models)
+        record["tasks"] = [t for t in record["tasks"] if t["task_id"] != task.id] + [result]
+        record["duration_s"] = round(previous_duration + time.perf_counter() - run_start, 3)
+        sizes = [t["n_params"] for t in record["tasks"] if t.get("n_params") is not None]
+        record["model"]["n_params"] = max(sizes) if sizes else None
+        record = write_result(out, record)
+        record.pop("record_sha256")
+    return write_result(out, record)
+
+
+def summary_table(results: list[dict]) -> str:
+    """One row per model (mean headline scores over its invert tasks), then the reference points."""
+    def row(name: str, tasks: list[dict], get: Callable[[dict], dict]) -> list:
+        ok = [t for t in tasks if t["status"] == "ok"]
+        vals = [[get(t).get(m, {}).get("value") for t in ok] for m in HEADLINE]
+        means = [None if not [v for v in vs if v is not None] else float(np.mean([v for v in vs if v is not None]))
+                 for vs in vals]
+        return [name, f"{len(ok)}/{len(tasks)}", *means, _mean_or_none([t["predict_per_s"] for t in ok])]
+
+    rows = [row(r["model"]["name"], r["tasks"], lambda t: t["metrics"]) for r in results]
+    refs = sorted({name for r in results for t in r["tasks"] for name in t["reference_points"]})
+    for name in refs:
+        for r in results[:1] if name != "unconditional" else results:
+            tasks = [t for t in r["tasks"] if name in t["reference_points"]]
+            label = f"({name})" if name != "unconditional" else f"({r['model']['name']}, unconditional)"
+            if tasks:
+                rows.append(row(label, tasks, lambda t, n=name: t["reference_points"][n])[:-1] + [None])
+    return tabulate(rows, headers=["model", "tasks ok", *HEADLINE, "images/s"], floatfmt=".3f", missingval="-")
+
+
+def _mean_or_none(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+# --- training ahead of a run -------------------------------------------------------------------
+
+
+def train_inverter(suite: Suite, backbone: str, layer: str, preset: str, *, seed: int = 0,
+                   max_steps: int | None = None, max_minutes: float | None = None, restart: bool = False,
+                   progress: bool = True):
+    """Train one (suite, backbone, layer) with a preset that has ``train`` (``featbench train-inverter``).
+
+    Checkpoints go to ``<cache>/inverters/<suite>/<backbone>/<layer>/<preset name>/``; a later call
+    (or `featbench run`'s fit, with the same seed) resumes from them.
+    """
+    task = suite.get_task(f"invert/{backbone}/{layer}")
+    inverter = resolve_inverter(preset)()
+    if not hasattr(inverter, "train"):
+        raise FeatbenchError(f"inverter {preset!r} has no train(); it is fitted by `featbench run` alone")
+    data = load_task(suite, task)
+    info = invert_info(suite, task, data, RunConfig(seed=seed, time_budget_s=None))
+    directory = checkpoint_dir(suite.name, backbone, layer, inverter.name)
+    if restart and directory.exists():
+        shutil.rmtree(directory)
+    train = invert_data(suite, data, info, int(getattr(inverter, "resolution", None) or info.image_size), "train")
+    return inverter.train(train, directory=directory, max_steps=max_steps,
+                          max_seconds=None if max_minutes is None else 60 * max_minutes, progress=progress)
