@@ -159,7 +159,7 @@ class TinyDenoiser(nn.Module):
             sample_size=grid, in_channels=6 * p * p, out_channels=3 * p * p, block_out_channels=tuple(cfg.channels),
             layers_per_block=1, down_block_types=("DownBlock2D",) * (n - 1) + (attn_down,),
             up_block_types=(attn_up,) + ("UpBlock2D",) * (n - 1), norm_num_groups=math.gcd(32, *cfg.channels),
-            attention_head_dim=32, add_attention=cfg.attention)
+            attention_head_dim=min(32, cfg.channels[-1]), add_attention=cfg.attention)
         self.unet.conv_in = _AddToConvIn(self.unet.conv_in)
         self.cond = FeatInvConditioning(feat_channels, cfg.channels[0], grid, cfg.cond_hidden)
 

@@ -287,7 +287,10 @@ def run_invert_track(factory: Callable[[], Inverter], suite: Suite, tasks: list[
     bar = tqdm(tasks, desc=f"{model['name']} on {suite.name} (invert)", unit="task", disable=not progress)
     for task in bar:
         bar.set_postfix_str(task.id)
-        result = done[task.id] if task.id in done else evaluate_invert_task(factory, suite, task, cfg, models)
+        if task.id in done and done[task.id]["task_sha256"] == load_task(suite, task).content_sha256:
+            result = done[task.id]  # scored before, on the same data
+        else:
+            result = evaluate_invert_task(factory, suite, task, cfg, models)
         record["tasks"] = [t for t in record["tasks"] if t["task_id"] != task.id] + [result]
         record["duration_s"] = round(previous_duration + time.perf_counter() - run_start, 3)
         sizes = [t["n_params"] for t in record["tasks"] if t.get("n_params") is not None]
