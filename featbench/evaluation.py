@@ -292,7 +292,7 @@ def run_map_track(factory: Callable[[], Mapper], suite: Suite, tasks: list[Task]
             started, previous_duration = prev["started_at"], prev["duration_s"]
     record = {
         "schema_version": "1.0", "featbench_version": featbench.__version__, "git_commit": git_commit(),
-        "suite": {"name": suite.name, "version": suite.version, "spec_sha256": suite.spec_sha256()},
+        "suite": suite.result_identity(),
         "track": "map", "model": model, "seed": cfg.seed, "environment": environment_info("cpu"),
         "started_at": started, "duration_s": previous_duration, "tasks": [],
     }

@@ -181,6 +181,11 @@ class Suite:
     def spec_sha256(self) -> str:
         return sha256_json(self.spec_dict())
 
+    def result_identity(self) -> dict[str, Any]:
+        """How a result file names the suite version it was run on."""
+        return {"name": self.name, "version": self.version, "spec_sha256": self.spec_sha256(),
+                "data_format_version": DATA_FORMAT_VERSION}
+
 
 def _manipulation(entry: str | dict) -> Manipulation:
     if isinstance(entry, str):
