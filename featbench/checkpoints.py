@@ -191,6 +191,8 @@ class TrainingReport:
         return self.step >= self.max_steps
 
     def summary(self) -> str:
+        if self.step == self.start_step and self.step >= self.max_steps:
+            return f"already trained to step {self.step} (max {self.max_steps}): nothing to do; checkpoint in {self.directory}"
         rate = f", {self.s_per_step:.2f} s/step" if self.s_per_step else ""
         return (f"{self.step}/{self.max_steps} steps ({self.step - self.start_step} this session, "
                 f"{self.seconds:.0f} s{rate}), stopped by {self.stopped_by}; checkpoint in {self.directory}")

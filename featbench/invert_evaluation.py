@@ -279,7 +279,7 @@ def run_invert_track(factory: Callable[[], Inverter], suite: Suite, tasks: list[
     record = {
         "schema_version": "1.0", "featbench_version": featbench.__version__, "git_commit": git_commit(),
         "suite": {"name": suite.name, "version": suite.version, "spec_sha256": suite.spec_sha256()},
-        "track": "invert", "model": model, "seed": cfg.seed, "environment": environment_info("cpu"),
+        "track": "invert", "model": model, "seed": cfg.seed, "environment": environment_info(),
         "started_at": started, "duration_s": previous_duration, "tasks": [],
     }
     models = _Tails()

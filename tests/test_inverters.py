@@ -286,3 +286,14 @@ def test_suite_invert_settings_are_hashed_only_when_given(tmp_path):
     assert "invert" not in plain.spec_dict() and pinned.spec_dict()["invert"] == INVERT
     assert plain.spec_sha256() != pinned.spec_sha256()
 
+
+
+def test_readme_example_inverter_runs(suite, in_suite_cache, tmp_path):
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(# my_inverter\.py.*?)```", readme, re.S).group(1)
+    (tmp_path / "my_inverter.py").write_text(code)
+    rec = evaluate_invert_task(resolve_inverter(f"{tmp_path / 'my_inverter.py'}:MeanImage"), suite,
+                               suite.get_task(TASK), CFG)
+    assert rec["status"] == "ok" and rec["metrics"] == rec["reference_points"]["mean"]
