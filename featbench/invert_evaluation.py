@@ -278,7 +278,7 @@ def run_invert_track(factory: Callable[[], Inverter], suite: Suite, tasks: list[
             started, previous_duration = prev["started_at"], prev["duration_s"]
     record = {
         "schema_version": "1.0", "featbench_version": featbench.__version__, "git_commit": git_commit(),
-        "suite": {"name": suite.name, "version": suite.version, "spec_sha256": suite.spec_sha256()},
+        "suite": suite.result_identity(),
         "track": "invert", "model": model, "seed": cfg.seed, "environment": environment_info(),
         "started_at": started, "duration_s": previous_duration, "tasks": [],
     }
