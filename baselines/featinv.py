@@ -121,6 +121,51 @@ class _AddToConvIn(nn.Module):
         return y if self.extra is None else y + self.extra
 
 
+class _FeatInv(Inverter):
+    """What both presets share: fitting within the task's time budget, the pinned sampler, and
+    seeded inversion (each `invert` call draws from its own seed, so a run is reproducible)."""
+
+    cfg: Any
+    info: InvertInfo | None
+    report: TrainingReport | None
+    _calls: int
+
+    def _trained(self) -> nn.Module | None:
+        """The trained part, whose parameters the model's count reports."""
+        raise NotImplementedError
+
+    def _at_resolution(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def fit(self, train: InvertData) -> None:
+        budget = train.info.time_budget_s
+        self.train(train, max_seconds=None if budget is None else 0.9 * budget)
+
+    @property
+    def sampler(self) -> tuple[int, float]:
+        return _sampler(self.info, self.cfg.steps, self.cfg.guidance)
+
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed_for(self.info.seed, "invert", self._calls))
+        self._calls += 1
+        return self._at_resolution(self.sample(x.float(), len(x), g))
+
+    def invert_unconditional(self, n: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed_for(self.info.seed, "unconditional"))
+        return self._at_resolution(self.sample(None, n, g))
+
+    def describe(self) -> dict:
+        out: dict[str, Any] = {}
+        if self._trained() is not None:
+            out["n_params"] = sum(p.numel() for p in self._trained().parameters())
+            steps, w = self.sampler
+            out["sampler"] = f"DDIM eta=0, {steps} steps, guidance {w}"
+        if self.report is not None:
+            out |= {"steps": f"{self.report.step}/{self.report.max_steps}", "stopped_by": self.report.stopped_by,
+                    "weights_sha256": self.report.weights_sha256}
+        return out
+
+
 @dataclass
 class FeatInvTinyConfig:
     resolution: int = 64
@@ -199,7 +244,7 @@ def _scheduler(cfg) -> Any:
                          prediction_type="sample", clip_sample=True, timestep_spacing="trailing")
 
 
-class FeatInvTiny(Inverter):
+class FeatInvTiny(_FeatInv):
     name, version = "featinv-tiny", "1"
     config = FeatInvTinyConfig()
 
@@ -277,14 +322,6 @@ class FeatInvTiny(Inverter):
         self.ema = ema.eval()
         return self.report
 
-    def fit(self, train: InvertData) -> None:
-        budget = train.info.time_budget_s
-        self.train(train, max_seconds=None if budget is None else 0.9 * budget)
-
-    @property
-    def sampler(self) -> tuple[int, float]:
-        return _sampler(self.info, self.cfg.steps, self.cfg.guidance)
-
     @torch.no_grad()
     def sample(self, feats: torch.Tensor | None, n: int, generator: torch.Generator,
                steps: int | None = None, guidance: float | None = None) -> torch.Tensor:
@@ -312,24 +349,8 @@ class FeatInvTiny(Inverter):
             z = sched.step(x0, t, z, eta=0.0).prev_sample
         return ((z.clamp(-1, 1) + 1) / 2).contiguous()
 
-    def invert(self, x: torch.Tensor) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed_for(self.info.seed, "invert", self._calls))
-        self._calls += 1
-        return self.sample(x.float(), len(x), g)
-
-    def invert_unconditional(self, n: int) -> torch.Tensor:
-        return self.sample(None, n, torch.Generator().manual_seed(seed_for(self.info.seed, "unconditional")))
-
-    def describe(self) -> dict:
-        out: dict[str, Any] = {}
-        if self.model is not None:
-            out["n_params"] = sum(p.numel() for p in self.model.parameters())
-            steps, w = self.sampler
-            out["sampler"] = f"DDIM eta=0, {steps} steps, guidance {w}"
-        if self.report is not None:
-            out |= {"steps": f"{self.report.step}/{self.report.max_steps}", "stopped_by": self.report.stopped_by,
-                    "weights_sha256": self.report.weights_sha256}
-        return out
+    def _trained(self) -> nn.Module | None:
+        return self.model
 
 
 # =============================================================================================
@@ -387,7 +408,7 @@ class SDComponents:
         return cls(vae, unet, scheduler, prompt_embeds, {"model_id": model_id, "revision": revision, "prompt": prompt})
 
 
-class FeatInvSD(Inverter):
+class FeatInvSD(_FeatInv):
     name, version = "featinv-sd", "1"
     config = FeatInvSDConfig()
 
@@ -510,15 +531,7 @@ class FeatInvSD(Inverter):
         self.controlnet = controlnet.eval().requires_grad_(False)
         return self.report
 
-    def fit(self, train: InvertData) -> None:
-        budget = train.info.time_budget_s
-        self.train(train, max_seconds=None if budget is None else 0.9 * budget)
-
     # -- sampling ------------------------------------------------------------------------------
-    @property
-    def sampler(self) -> tuple[int, float]:
-        return _sampler(self.info, self.cfg.steps, self.cfg.guidance)
-
     @torch.no_grad()
     def sample(self, feats: torch.Tensor | None, n: int, generator: torch.Generator) -> torch.Tensor:
         from diffusers import DDIMScheduler
@@ -545,22 +558,8 @@ class FeatInvSD(Inverter):
             z = sched.step(e, t, z, eta=0.0).prev_sample
         return self.decode(z)
 
-    def invert(self, x: torch.Tensor) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed_for(self.info.seed, "invert", self._calls))
-        self._calls += 1
-        return resize_images(self.sample(x.float(), len(x), g), self.resolution).clamp(0, 1)
+    def _trained(self) -> nn.Module | None:
+        return self.controlnet
 
-    def invert_unconditional(self, n: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed_for(self.info.seed, "unconditional"))
-        return resize_images(self.sample(None, n, g), self.resolution).clamp(0, 1)
-
-    def describe(self) -> dict:
-        out: dict[str, Any] = {}
-        if self.controlnet is not None:
-            out["n_params"] = sum(p.numel() for p in self.controlnet.parameters())
-            steps, w = self.sampler
-            out["sampler"] = f"DDIM eta=0, {steps} steps, guidance {w}"
-        if self.report is not None:
-            out |= {"steps": f"{self.report.step}/{self.report.max_steps}", "stopped_by": self.report.stopped_by,
-                    "weights_sha256": self.report.weights_sha256}
-        return out
+    def _at_resolution(self, images: torch.Tensor) -> torch.Tensor:
+        return resize_images(images, self.resolution).clamp(0, 1)

@@ -276,35 +276,48 @@ def run_map_track(factory: Callable[[], Mapper], suite: Suite, tasks: list[Task]
                   cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Evaluate `tasks` (those of the mapper's `categories`), writing the result file `out` after
     each one; resumes from `out`."""
-    out = Path(out)
-    model = model_identity(factory)
     categories = getattr(factory, "categories", None)
     if categories is not None:
         tasks = [t for t in tasks if t.category in categories]
+    tails = _Tails()
+    return run_tasks("map", model_identity(factory), lambda task: evaluate_map_task(factory, suite, task, cfg, tails),
+                     suite, tasks, out, cfg, progress, device="cpu")
+
+
+def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], dict[str, Any]], suite: Suite,
+              tasks: list[Task], out: str | Path, cfg: RunConfig, progress: bool = True,
+              device: str | None = None) -> dict[str, Any]:
+    """Score `tasks` one by one with `evaluate`, rewriting the result file `out` after each.
+
+    A file left by an interrupted run of the same track, model name and version, suite version
+    and seed is resumed: its scored tasks are kept where the task data are still the same.
+    `device` is the one recorded (default: the first CUDA device when there is one).
+    """
+    out = Path(out)
     done: dict[str, dict] = {}
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     previous_duration = 0.0
     if out.exists():
         prev = read_result(out)
-        same = (prev["model"]["name"], prev["model"]["version"], prev["suite"]["name"], prev["suite"]["version"], prev["seed"])
-        if same == (model["name"], model["version"], suite.name, suite.version, cfg.seed):
+        same = (prev["track"], prev["model"]["name"], prev["model"]["version"], prev["suite"]["name"],
+                prev["suite"]["version"], prev["seed"])
+        if same == (track, model["name"], model["version"], suite.name, suite.version, cfg.seed):
             done = {t["task_id"]: t for t in prev["tasks"] if t["status"] == "ok"}
             started, previous_duration = prev["started_at"], prev["duration_s"]
     record = {
         "schema_version": "1.0", "featbench_version": featbench.__version__, "git_commit": git_commit(),
-        "suite": suite.result_identity(),
-        "track": "map", "model": model, "seed": cfg.seed, "environment": environment_info("cpu"),
-        "started_at": started, "duration_s": previous_duration, "tasks": [],
+        "suite": suite.result_identity(), "track": track, "model": model, "seed": cfg.seed,
+        "environment": environment_info(device), "started_at": started, "duration_s": previous_duration,
+        "tasks": [],
     }
-    tails = _Tails()
     run_start = time.perf_counter()
-    bar = tqdm(tasks, desc=f"{model['name']} on {suite.name}", unit="task", disable=not progress)
+    bar = tqdm(tasks, desc=f"{model['name']} on {suite.name} ({track})", unit="task", disable=not progress)
     for task in bar:
         bar.set_postfix_str(task.id)
         if task.id in done and done[task.id]["task_sha256"] == load_task(suite, task).content_sha256:
             result = done[task.id]  # scored before, on the same data
         else:
-            result = evaluate_map_task(factory, suite, task, cfg, tails)
+            result = evaluate(task)
         record["tasks"] = [t for t in record["tasks"] if t["task_id"] != task.id] + [result]
         record["duration_s"] = round(previous_duration + time.perf_counter() - run_start, 3)
         sizes = [t["n_params"] for t in record["tasks"] if t.get("n_params") is not None]

@@ -35,21 +35,18 @@ import os
 import shutil
 import time
 import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from tabulate import tabulate
-from tqdm.auto import tqdm
 
-import featbench
 from featbench import metrics
 from featbench.errors import FeatbenchError
 from featbench.evaluation import (
     BUDGET_GRACE, BudgetExceeded, RunConfig, _as_tensor, _deadline, _seed_everything, _Tails, _with_prefix,
-    model_identity,
+    model_identity, run_tasks,
 )
 from featbench.hashing import sha256_json
 from featbench.images import seed_for
@@ -57,7 +54,6 @@ from featbench.inverters import (
     InvertData, InvertInfo, Inverter, aligned_targets, as_unit, checkpoint_dir, resize_images, resolve_inverter,
 )
 from featbench.paths import cache_dir
-from featbench.results import environment_info, git_commit, read_result, write_result
 from featbench.storage import TaskData, load_task
 from featbench.suites import Suite, Task
 
@@ -263,41 +259,11 @@ def evaluate_invert_task(factory: Callable[[], Inverter], suite: Suite, task: Ta
 def run_invert_track(factory: Callable[[], Inverter], suite: Suite, tasks: list[Task], out: str | Path,
                      cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Evaluate invert `tasks`, writing the result file `out` after each one; resumes from `out`."""
-    out = Path(out)
     model = model_identity(factory)
     model["metadata"]["invert_settings"] = invert_settings(suite)
-    done: dict[str, dict] = {}
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    previous_duration = 0.0
-    if out.exists():
-        prev = read_result(out)
-        same = (prev["track"], prev["model"]["name"], prev["model"]["version"], prev["suite"]["name"],
-                prev["suite"]["version"], prev["seed"])
-        if same == ("invert", model["name"], model["version"], suite.name, suite.version, cfg.seed):
-            done = {t["task_id"]: t for t in prev["tasks"] if t["status"] == "ok"}
-            started, previous_duration = prev["started_at"], prev["duration_s"]
-    record = {
-        "schema_version": "1.0", "featbench_version": featbench.__version__, "git_commit": git_commit(),
-        "suite": suite.result_identity(),
-        "track": "invert", "model": model, "seed": cfg.seed, "environment": environment_info(),
-        "started_at": started, "duration_s": previous_duration, "tasks": [],
-    }
     models = _Tails()
-    run_start = time.perf_counter()
-    bar = tqdm(tasks, desc=f"{model['name']} on {suite.name} (invert)", unit="task", disable=not progress)
-    for task in bar:
-        bar.set_postfix_str(task.id)
-        if task.id in done and done[task.id]["task_sha256"] == load_task(suite, task).content_sha256:
-            result = done[task.id]  # scored before, on the same data
-        else:
-            result = evaluate_invert_task(factory, suite, task, cfg, models)
-        record["tasks"] = [t for t in record["tasks"] if t["task_id"] != task.id] + [result]
-        record["duration_s"] = round(previous_duration + time.perf_counter() - run_start, 3)
-        sizes = [t["n_params"] for t in record["tasks"] if t.get("n_params") is not None]
-        record["model"]["n_params"] = max(sizes) if sizes else None
-        record = write_result(out, record)
-        record.pop("record_sha256")
-    return write_result(out, record)
+    return run_tasks("invert", model, lambda task: evaluate_invert_task(factory, suite, task, cfg, models),
+                     suite, tasks, out, cfg, progress)
 
 
 def summary_table(results: list[dict]) -> str:

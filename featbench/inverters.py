@@ -49,7 +49,7 @@ from torchvision.transforms import InterpolationMode
 from featbench.errors import DataError
 from featbench.hashing import sha256_json
 from featbench.images import seed_for, split_by_name, views
-from featbench.mappers import registered_models, resolve_model
+from featbench.mappers import registered_models, resolve_model, split_by_image
 from featbench.paths import cache_dir
 
 ENTRY_POINT_GROUP = "featbench.inverters"
@@ -110,12 +110,8 @@ class InvertData:
 
     def split(self, val_fraction: float = 0.05, seed: int = 0) -> tuple["InvertData", "InvertData"]:
         """(train, validation), holding out whole images (all their views), chosen by `seed`."""
-        ids = sorted(set(self.image_ids))
-        g = torch.Generator().manual_seed(seed)
-        n_val = max(1, round(len(ids) * val_fraction))
-        held = {ids[i] for i in torch.randperm(len(ids), generator=g)[:n_val].tolist()}
-        is_val = torch.tensor([i in held for i in self.image_ids])
-        return self.subset(torch.nonzero(~is_val).flatten()), self.subset(torch.nonzero(is_val).flatten())
+        fit_rows, val_rows = split_by_image(self.image_ids, val_fraction, seed)
+        return self.subset(fit_rows), self.subset(val_rows)
 
 
 class Inverter:

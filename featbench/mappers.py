@@ -39,6 +39,16 @@ from featbench.manipulations import Manipulation
 ENTRY_POINT_GROUP = "featbench.mappers"
 
 
+def split_by_image(image_ids: list[str], val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices (kept, held out): a `val_fraction` of the images, all their views, chosen by `seed`."""
+    ids = sorted(set(image_ids))
+    g = torch.Generator().manual_seed(seed)
+    n_val = max(1, round(len(ids) * val_fraction))
+    held = {ids[i] for i in torch.randperm(len(ids), generator=g)[:n_val].tolist()}
+    is_val = torch.tensor([i in held for i in image_ids])
+    return torch.nonzero(~is_val).flatten(), torch.nonzero(is_val).flatten()
+
+
 @dataclass(frozen=True)
 class TaskInfo:
     """What a mapper may know about its task."""
@@ -100,12 +110,8 @@ class MapData:
 
     def split(self, val_fraction: float = 0.05, seed: int = 0) -> tuple["MapData", "MapData"]:
         """(train, validation), holding out whole images (all their views), chosen by `seed`."""
-        ids = sorted(set(self.image_ids))
-        g = torch.Generator().manual_seed(seed)
-        n_val = max(1, round(len(ids) * val_fraction))
-        held = {ids[i] for i in torch.randperm(len(ids), generator=g)[:n_val].tolist()}
-        is_val = torch.tensor([i in held for i in self.image_ids])
-        return self.subset(torch.nonzero(~is_val).flatten()), self.subset(torch.nonzero(is_val).flatten())
+        fit_rows, val_rows = split_by_image(self.image_ids, val_fraction, seed)
+        return self.subset(fit_rows), self.subset(val_rows)
 
 
 class Mapper:
