@@ -214,18 +214,23 @@ def _reference_points(task: Task, tails: _Tails, test: MapData, target_key: str,
             for name, pred in refs.items()}
 
 
+def new_task_record(task: Task, data: TaskData, cfg: RunConfig, notes: list[str] | None = None) -> dict[str, Any]:
+    """A task's record in a result file, before it is fitted and scored."""
+    return {
+        "task_id": task.id, "task_version": task.version, "task_sha256": data.content_sha256,
+        "category": task.category, "backbone": task.backbone, "layer": task.layer,
+        "n_train": len(data.train), "n_test": len(data.test), "fit_s": None, "predict_per_s": None,
+        "time_budget_s": cfg.time_budget_s, "metrics": {}, "reference_points": {}, "notes": list(notes or []),
+    }
+
+
 def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, cfg: RunConfig,
                       tails: _Tails | None = None, references: bool = True) -> dict[str, Any]:
     """Fit and score one map task; returns its task record (status "ok" or "failed")."""
     tails = tails or _Tails()
     data = load_task(suite, task)
     info = task_info(suite, task, data, cfg)
-    record: dict[str, Any] = {
-        "task_id": task.id, "task_version": task.version, "task_sha256": data.content_sha256,
-        "category": task.category, "backbone": task.backbone, "layer": task.layer,
-        "n_train": len(data.train), "n_test": len(data.test), "fit_s": None, "predict_per_s": None,
-        "time_budget_s": cfg.time_budget_s, "metrics": {}, "reference_points": {}, "notes": [],
-    }
+    record = new_task_record(task, data, cfg)
     train, test = map_data(data.train, info), map_data(data.test, info)
     labels = torch.tensor(data.test["label"])
     target_key = data.record["y"]["key"]

@@ -46,7 +46,7 @@ from featbench import metrics
 from featbench.errors import FeatbenchError
 from featbench.evaluation import (
     BUDGET_GRACE, BudgetExceeded, RunConfig, _as_tensor, _deadline, _seed_everything, _Tails, _with_prefix,
-    model_identity, run_tasks,
+    model_identity, new_task_record, run_tasks,
 )
 from featbench.hashing import sha256_json
 from featbench.images import seed_for
@@ -204,14 +204,9 @@ def evaluate_invert_task(factory: Callable[[], Inverter], suite: Suite, task: Ta
     models = models or _Tails()
     data = load_task(suite, task)
     info = invert_info(suite, task, data, cfg)
-    record: dict[str, Any] = {
-        "task_id": task.id, "task_version": task.version, "task_sha256": data.content_sha256,
-        "category": task.category, "backbone": task.backbone, "layer": task.layer,
-        "n_train": len(data.train), "n_test": len(data.test), "fit_s": None, "predict_per_s": None,
-        "time_budget_s": cfg.time_budget_s, "metrics": {}, "reference_points": {},
-        "notes": [f"scored at {info.image_size} px; classifier {info.settings['classifier']}; "
-                  "predict_per_s is reconstructed images per second"],
-    }
+    record = new_task_record(task, data, cfg, notes=[
+        f"scored at {info.image_size} px; classifier {info.settings['classifier']}; "
+        "predict_per_s is reconstructed images per second"])
     truth = _Truth(suite, task, data, info, models)
     if references:
         record["reference_points"] = _reference_points(suite, task, data, info, truth, models, cfg)
