@@ -159,6 +159,14 @@ def _cmd_leaderboard_show(args: argparse.Namespace) -> None:
                use_built_data=not args.no_built_data, wide=args.wide))
 
 
+def _cmd_leaderboard_compare(args: argparse.Namespace) -> None:
+    from featbench.leaderboard import compare
+    from featbench.suites import load_suite
+
+    print(compare(load_suite(args.suite), args.models.split(","), args.metrics.split(","), args.root,
+                  track=args.track, use_built_data=not args.no_built_data))
+
+
 def _cmd_submit_check(args: argparse.Namespace) -> None:
     from featbench.submission import submit_check
 
@@ -250,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--wide", action="store_true", help="one column per category and score (as LEADERBOARD.md)")
     q.add_argument("--no-built-data", action="store_true", help="as for build")
     q.set_defaults(func=_cmd_leaderboard_show)
+    q = lb.add_parser("compare", help="models side by side per category and layer (a Markdown table)")
+    q.add_argument("--suite", default="featbench-v1")
+    q.add_argument("--models", default="identity,linear,mlp,transformer", help="comma-separated")
+    q.add_argument("--metrics", default="r2,top1_agree", help="comma-separated")
+    q.add_argument("--track", choices=["map", "invert"], default="map")
+    q.add_argument("--root", help="leaderboard folder with results/ (default: leaderboard/<suite>)")
+    q.add_argument("--no-built-data", action="store_true", help="as for build")
+    q.set_defaults(func=_cmd_leaderboard_compare)
 
     p = sub.add_parser("submit-check", help="re-run a random sample of a result file's tasks and compare scores")
     p.add_argument("file")

@@ -726,3 +726,26 @@ def show(suite: Suite, root: str | Path | None = None, track: str | None = None,
         out += [f"\n{name} track (sorted by {sort or 'rank'}; {'per category' if wide else 'means over all tasks'})",
                 tabulate(rows, headers=headers, disable_numparse=True)]
     return "\n".join(out)
+
+
+def compare(suite: Suite, models: Sequence[str], metrics: Sequence[str], root: str | Path | None = None,
+            track: str = "map", use_built_data: bool = True) -> str:
+    """A Markdown table of `models` side by side: per manipulation category and layer, the mean of
+    each of `metrics` over the tasks each model scored there (README-ready; "-" where none)."""
+    root = Path(root) if root is not None else default_root(suite.name)
+    frame = tidy_frame(collect(suite, root, use_built_data=use_built_data).results)
+    frame = frame[(frame["track"] == track) & (frame["status"] == "ok")]
+    unknown = sorted(set(models) - set(frame["model"])) + sorted(set(metrics) - set(frame["metric"].dropna()))
+    if unknown:
+        raise FeatbenchError(f"no admitted {track}-track result has {', '.join(map(repr, unknown))}")
+    means = (frame[frame["model"].isin(models) & frame["metric"].isin(metrics)]
+             .groupby(["category", "backbone", "layer", "model", "metric"])["value"].mean())
+    layers = [(b, layer) for b, ls in suite.backbones.items() for layer in ls]
+    rows = []
+    for category in [c for c in CATEGORY_ORDER if c in set(frame["category"])]:
+        for backbone, layer in layers:
+            cells = [means.get((category, backbone, layer, m, metric)) for metric in metrics for m in models]
+            if any(c is not None for c in cells):
+                rows.append([category, _layer_key(backbone, layer), *(fmt(c) for c in cells)])
+    headers = ["category", "layer", *(f"{m} {metric}" for metric in metrics for m in models)]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)

@@ -269,3 +269,23 @@ def test_rank_interval_ignores_tasks_nobody_scored():
     values = np.array([[[0.9], [np.nan]], [[0.1], [np.nan]]])
     point, low, high = lb.rank_interval(values, [True], n_boot=50)
     assert point.tolist() == low.tolist() == high.tolist() == [1.0, 2.0]
+
+
+def test_compare_puts_models_side_by_side_per_category_and_layer(suite, tmp_path):
+    root = tmp_path / "cmp"
+    # Scores that identify their task, so each cell can be checked against its mean by hand.
+    code = {t.id: i for i, t in enumerate(suite.select(track="map"))}
+    write_model(root, suite, "a", lambda t: {"r2": code[t.id] / 100})
+    write_model(root, suite, "b", lambda t: {"r2": 1 - code[t.id] / 100}, failed=(suite.select(track="map")[0].id,))
+    table = lb.compare(suite, ["a", "b"], ["r2"], root, use_built_data=False)
+    lines = table.splitlines()
+    assert [c.strip() for c in lines[0].split("|")[1:-1]] == ["category", "layer", "a r2", "b r2"]
+    cells = {(r[0], r[1]): r[2:] for r in ([c.strip() for c in line.split("|")[1:-1]] for line in lines[2:])}
+    for (category, layer), (a, b) in cells.items():
+        ids = [t.id for t in suite.select(track="map") if t.category == category and f"{t.backbone}/{t.layer}" == layer]
+        assert float(a) == pytest.approx(np.mean([code[i] / 100 for i in ids]), abs=5e-4)
+        scored_b = [i for i in ids if i != suite.select(track="map")[0].id]  # b failed that task
+        assert b == ("-" if not scored_b else f"{np.mean([1 - code[i] / 100 for i in scored_b]):.3f}")
+    assert len(cells) == len({(t.category, f"{t.backbone}/{t.layer}") for t in suite.select(track="map")})
+    with pytest.raises(fb.FeatbenchError, match="'nope'"):
+        lb.compare(suite, ["a", "nope"], ["r2"], root, use_built_data=False)
