@@ -129,6 +129,22 @@ def _cmd_train_inverter(args: argparse.Namespace) -> None:
     print(f"{args.preset} on {args.suite} {args.backbone}/{args.layer}: {report.summary()}")
 
 
+def _cmd_show(args: argparse.Namespace) -> None:
+    import torch
+
+    from featbench.show import models_by_name, models_from_results, show
+    from featbench.suites import load_suite
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    suite = load_suite(args.suite)
+    models = (models_from_results(args.models_from, suite) if args.models_from else []) + \
+        models_by_name(args.model or [], suite, seed=args.seed, time_budget_s=args.time_budget)
+    if not models:
+        raise FeatbenchError("name the models to show: --model NAME (repeatable) or --models-from leaderboard/S/results")
+    print(f"wrote {show(suite, args.tasks, args.images, models, args.out, preset=args.preset)}")
+
+
 def _cmd_validate(args: argparse.Namespace) -> None:
     from featbench.results import read_result
 
@@ -233,6 +249,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--restart", action="store_true", help="delete this preset's checkpoints first")
     p.set_defaults(func=_cmd_train_inverter)
+
+    p = sub.add_parser("show", help="write a PNG grid: original, manipulated, inverted target and each model's "
+                                    "inverted prediction, for chosen map tasks and test images")
+    p.add_argument("--suite", required=True)
+    p.add_argument("--tasks", required=True, help="map tasks matching this glob or substring")
+    p.add_argument("--images", type=int, default=4, help="test images per task (the first of the image-score subset)")
+    p.add_argument("--model", action="append", help="a model to re-fit and show, as for run; repeatable")
+    p.add_argument("--models-from", help="re-fit the models of these result files (e.g. leaderboard/S/results), "
+                                         "each with its recorded seed and time budget")
+    p.add_argument("--preset", help="an inverter preset with a trained checkpoint, for tasks the suite pins none for")
+    p.add_argument("--seed", type=int, default=0, help="seed for --model fits")
+    p.add_argument("--time-budget", type=float, help="seconds per --model fit (default: the suite's)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--out", required=True, help="the PNG file to write")
+    p.set_defaults(func=_cmd_show)
 
     p = sub.add_parser("validate", help="check result files against the schema and their hashes")
     p.add_argument("files", nargs="+")

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 import featbench
-from featbench import metrics
+from featbench import image_scores, metrics
 from featbench.backbones import Backbone, load_backbone
 from featbench.errors import FeatbenchError
 from featbench.hashing import sha256_json, sha256_tensors
@@ -153,6 +153,7 @@ class _Tails:
 
     def __init__(self):
         self.backbones: dict[str, Backbone] = {}
+        self.inverters: dict = {}  # the suite's pinned inverters for image-level scores, loaded once
 
     def backbone(self, name: str) -> Backbone:
         if name not in self.backbones:
@@ -205,13 +206,13 @@ def _scores(task: Task, tails: _Tails, pred: torch.Tensor, pred_prefix, y: torch
 
 
 def _reference_points(task: Task, tails: _Tails, test: MapData, target_key: str, labels: torch.Tensor,
-                      cfg: RunConfig) -> dict[str, dict]:
+                      cfg: RunConfig, images: image_scores.ImageScorer | None = None) -> dict[str, dict]:
     """identity (P = X) and, for geometric manipulations, spatial (P = the exact grid action of X)."""
     refs = {"identity": test.x}
     if task.manipulation.is_geometric:
         refs["spatial"] = task.manipulation.grid_action(test.x)
     return {name: _scores(task, tails, pred, test.x_prefix, test.y, test.y_prefix, target_key, labels, cfg)
-            for name, pred in refs.items()}
+            | (images.score(pred, test.x_prefix) if images else {}) for name, pred in refs.items()}
 
 
 def new_task_record(task: Task, data: TaskData, cfg: RunConfig, notes: list[str] | None = None) -> dict[str, Any]:
@@ -234,8 +235,11 @@ def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, c
     train, test = map_data(data.train, info), map_data(data.test, info)
     labels = torch.tensor(data.test["label"])
     target_key = data.record["y"]["key"]
+    images = image_scores.for_task(suite, task, data, tails, cfg)  # the suite's pinned inverter, if any
+    if images:
+        record["notes"].append(images.note)
     if references:
-        record["reference_points"] = _reference_points(task, tails, test, target_key, labels, cfg)
+        record["reference_points"] = _reference_points(task, tails, test, target_key, labels, cfg, images)
     try:
         _seed_everything(info.seed)
         mapper = factory()
@@ -257,6 +261,8 @@ def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, c
     if test.x_prefix is not None and not predicted_prefix:
         record["notes"].append("the mapper predicts no class-token prefix: the source's prefix was carried over")
     record["metrics"] = _scores(task, tails, pred, pred_prefix, test.y, test.y_prefix, target_key, labels, cfg)
+    if images:
+        record["metrics"] |= images.score(pred, pred_prefix)
     described = mapper.describe() if hasattr(mapper, "describe") else {}
     if "linear" in described:
         W, b = described["linear"]

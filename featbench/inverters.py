@@ -163,6 +163,12 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     return TF.resize(images, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
 
 
+def to_target(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """Pixels N×3×H×W in [0, 255] (a backbone's input views) as target images: resized to `size`
+    (bicubic, antialiased) and rounded to uint8, as every true image of the invert track is."""
+    return resize_images(pixels, size).round().clamp(0, 255).to(torch.uint8)
+
+
 def _targets_spec(suite, backbone: str, split: str, size: int) -> dict[str, Any]:
     from featbench.backbones import BACKBONES
 
@@ -214,7 +220,7 @@ def target_images(suite, backbone: str, split: str, sizes: list[int]
                                             seed_for(suite.seed, rec.image_id))))
             rows += [(rec.image_id, v) for v in range(len(pixels))]
             for s in missing:
-                parts[s].append(resize_images(pixels, s).round().clamp(0, 255).to(torch.uint8))
+                parts[s].append(to_target(pixels, s))
         for s in missing:
             out[s] = torch.cat(parts[s])
             paths[s].parent.mkdir(parents=True, exist_ok=True)

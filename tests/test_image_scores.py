@@ -1,0 +1,200 @@
+"""Image-level scores of the map track (pinned inverter checkpoints) and `featbench show`, on the tiny suite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import featbench as fb
+from baselines.decoder import Decoder, DecoderConfig
+from featbench import image_scores
+from featbench.checkpoints import CheckpointError, read_record
+from featbench.evaluation import RunConfig, _Tails, evaluate_map_task, run_map_track
+from featbench.invert_evaluation import train_inverter
+from featbench.mappers import resolve_model
+from featbench.paths import cache_dir
+from featbench.results import validate_result
+from featbench.storage import column_array
+from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite
+
+CFG = RunConfig(seed=0, n_boot=20, time_budget_s=30)
+INVERT = {"classifier": TINY_CNN, "image_size": 32}
+PRESET = "tests.test_image_scores:TinyDecoder"
+PINNED = f"map/{TINY_CNN}/blocks.3"
+
+
+class TinyDecoder(Decoder):
+    config = DecoderConfig(width=16, batch_size=4, max_steps=2, lpips_weight=0.0, checkpoint_every=2, lr=0.05,
+                           warmup_steps=1)
+
+
+def _real_cache() -> Path:
+    import platformdirs
+
+    return Path(os.environ.get("FEATBENCH_CACHE") or platformdirs.user_cache_dir("featbench")).expanduser()
+
+
+def _with_pins(suite, name: str, entries: list[dict]) -> fb.Suite:
+    """The same suite (same name, same data) with `entries` as its invert.image_scores."""
+    raw = yaml.safe_load(Path(suite.path).read_text())
+    raw["invert"] = {**INVERT, "image_scores": entries}
+    path = Path(suite.path).parent / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return fb.load_suite(path)
+
+
+@pytest.fixture(scope="module")
+def suites(tmp_path_factory):
+    """(pinned suite, checkpoint sha256): the tiny suite, a 2-step decoder of TINY_CNN/blocks.3, pinned."""
+    root = tmp_path_factory.mktemp("image_scores")
+    real = _real_cache()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEATBENCH_CACHE", str(root / "cache"))
+        for f in (real / "assets").glob("lpips_*.safetensors"):  # reuse the converted LPIPS weights
+            (root / "cache" / "assets").mkdir(parents=True, exist_ok=True)
+            os.symlink(f, root / "cache" / "assets" / f.name)
+        torch.set_num_threads(1)
+        plain = make_tiny_suite(root, n_images=8, invert=INVERT)
+        fb.build_suite(plain, batch_size=8, progress=False)
+        report = train_inverter(plain, TINY_CNN, "blocks.3", PRESET, max_steps=2, progress=False)
+        sha = report.weights_sha256
+        pinned = _with_pins(plain, "pinned", [{"backbone": TINY_CNN, "layer": "blocks.3", "inverter": PRESET,
+                                               "checkpoint_sha256": sha, "n_images": 2}])
+        yield pinned, sha
+
+
+@pytest.fixture
+def in_cache(suites, monkeypatch):
+    monkeypatch.setenv("FEATBENCH_CACHE", str(Path(suites[0].path).parent / "cache"))
+
+
+class Oracle(fb.Mapper):
+    """Predicts the true target maps of the test split (it reads them): invert(P) = invert(Y)."""
+
+    name, version = "oracle", "1"
+
+    def fit(self, train):
+        suite = fb.load_suite(os.environ["ORACLE_SUITE"])
+        test = fb.load_task(suite, train.info.task_id).test
+        self.x = torch.from_numpy(column_array(test, "x")).float()
+        self.y = torch.from_numpy(column_array(test, "y")).float()
+
+    def predict(self, x):
+        rows = [next(i for i in range(len(self.x)) if torch.equal(self.x[i], xi)) for xi in x]
+        return self.y[rows].clone()
+
+
+def _assert_image_scores(scores: dict):
+    for m in image_scores.METRICS:
+        s = scores[m]
+        assert s["value"] is not None and s["ci_low"] is not None and s["ci_high"] is not None, m
+        assert s["ci_low"] <= s["value"] + 1e-9 and s["value"] <= s["ci_high"] + 1e-9, m
+
+
+def test_pinned_layer_gets_image_scores_with_intervals(suites, in_cache, tmp_path):
+    suite, sha = suites
+    res = run_map_track(resolve_model("linear"), suite, suite.select(f"map/{TINY_CNN}/*"), tmp_path / "lin.json",
+                        CFG, progress=False)
+    validate_result(res)
+    for t in res["tasks"]:
+        assert t["status"] == "ok", t.get("reason")
+        if t["layer"] == "blocks.3":
+            _assert_image_scores(t["metrics"])
+            for ref in t["reference_points"].values():  # identity, and spatial for rot90
+                _assert_image_scores(ref)
+            assert any(f"sha256 {sha[:12]}" in n and "on 2 test images at 32 px" in n for n in t["notes"])
+        else:  # blocks.1 is not pinned: no image-level scores
+            assert not set(image_scores.METRICS) & set(t["metrics"])
+    assert "spatial" in next(t for t in res["tasks"] if t["task_id"] == f"{PINNED}/rot90")["reference_points"]
+
+
+def test_oracle_mapper_scores_zero_lpips_to_the_inverted_target(suites, in_cache, monkeypatch):
+    suite, _ = suites
+    monkeypatch.setenv("ORACLE_SUITE", str(suite.path))
+    rec = evaluate_map_task(Oracle, suite, suite.get_task(f"{PINNED}/noise40"), CFG)
+    assert rec["status"] == "ok", rec.get("reason")
+    m = rec["metrics"]
+    assert m["lpips_vs_inverted_target"] == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    assert m["ssim_vs_inverted_target"]["value"] == pytest.approx(1.0)
+    assert m["lpips_vs_manipulated"]["value"] > 0  # a 2-step decoder is far from the real image
+    # The identity reference point (P = X) does not reconstruct the manipulated target's inversion.
+    assert rec["reference_points"]["identity"]["lpips_vs_inverted_target"]["value"] > 0
+
+
+def test_manipulated_images_are_the_manipulation_of_the_test_view(suites, in_cache):
+    suite, _ = suites
+    task = suite.get_task(f"{PINNED}/rot90")
+    data = fb.load_task(suite, task)
+    scorer = image_scores.for_task(suite, task, data, _Tails(), CFG)
+    assert scorer.rows == image_scores.subset(len(data.test), 2, suite.seed) == [0, 1]
+    originals, manipulated = scorer.originals(), scorer.manipulated
+    assert manipulated.dtype == torch.uint8 and manipulated.shape == (2, 3, 32, 32)
+    # rot90 of the 64-px view, then resized: close to rot90 of the resized original (resizing commutes
+    # with a rotation up to rounding).
+    assert (manipulated.float() - torch.rot90(originals, 1, (-2, -1)).float()).abs().max() <= 1
+
+
+def test_missing_checkpoint_names_the_command_that_trains_it(suites, in_cache, tmp_path, capsys):
+    from featbench.cli import main
+
+    suite, sha = suites
+    other = _with_pins(suite, "vit-pinned", [{"backbone": TINY_VIT, "layer": "blocks.1", "inverter": PRESET,
+                                              "checkpoint_sha256": sha, "n_images": 2}])
+    want = (f"featbench train-inverter --suite {other.path} --backbone {TINY_VIT} --layer blocks.1 "
+            f"--preset {PRESET}")
+    with pytest.raises(image_scores.MissingCheckpointError) as err:
+        evaluate_map_task(resolve_model("identity"), other, other.get_task(f"map/{TINY_VIT}/blocks.1/noise40"), CFG)
+    assert want in str(err.value)
+    assert main(["run", "--suite", str(other.path), "--tasks", f"map/{TINY_VIT}/blocks.1/noise40", "--model",
+                 "identity", "--out", str(tmp_path / "id.json"), "--n-boot", "5"]) == 2
+    assert want in capsys.readouterr().err
+
+
+def test_other_or_tampered_checkpoint_is_refused(suites, in_cache):
+    suite, sha = suites
+    task = suite.get_task(f"{PINNED}/noise40")
+    wrong = _with_pins(suite, "wrong-pin", [{"backbone": TINY_CNN, "layer": "blocks.3", "inverter": PRESET,
+                                             "checkpoint_sha256": "0" * 64, "n_images": 2}])
+    with pytest.raises(CheckpointError, match="is not the one suite tiny-test pins.*train-inverter"):
+        evaluate_map_task(resolve_model("identity"), wrong, wrong.get_task(task.id), CFG)
+    directory = cache_dir() / "inverters" / suite.name / TINY_CNN / "blocks.3" / "decoder"
+    path = directory / read_record(directory)["latest"]["file"]
+    raw = path.read_bytes()
+    try:
+        flipped = bytearray(raw)
+        flipped[-1] ^= 0xFF
+        path.write_bytes(bytes(flipped))
+        with pytest.raises(CheckpointError, match="does not match its recorded sha256"):
+            evaluate_map_task(resolve_model("identity"), suite, task, CFG)
+    finally:
+        path.write_bytes(raw)
+
+
+def test_show_writes_a_grid_of_nonblank_tiles(suites, in_cache, tmp_path, capsys):
+    from featbench.cli import main
+    from featbench.show import grid_pixels, tile_pixels
+
+    suite, _ = suites
+    out = tmp_path / "grid.png"
+    assert main(["show", "--suite", str(suite.path), "--tasks", f"{PINNED}/rot90", "--images", "2",
+                 "--model", "identity", "--model", "linear", "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    n_rows, n_cols = 2, 5  # 2 images; original, manipulated, inverted target, identity, linear
+    assert Image.open(out).size == grid_pixels(n_rows, n_cols, 32)
+    for r in range(n_rows):
+        for c in range(n_cols):
+            tile = tile_pixels(out, r, c, 32)
+            assert tile.std() > 1 and not (tile == 255).all(), (r, c)  # an image, not the white background
+    # Deterministic: the same call writes the same bytes.
+    if os.environ.get("FEATBENCH_KEEP_SHOW"):
+        Path(os.environ["FEATBENCH_KEEP_SHOW"]).write_bytes(out.read_bytes())
+    again = tmp_path / "again.png"
+    assert main(["show", "--suite", str(suite.path), "--tasks", f"{PINNED}/rot90", "--images", "2",
+                 "--model", "identity", "--model", "linear", "--out", str(again)]) == 0
+    assert again.read_bytes() == out.read_bytes()
