@@ -127,6 +127,8 @@ def _cmd_train_inverter(args: argparse.Namespace) -> None:
     report = train_inverter(load_suite(args.suite), args.backbone, args.layer, args.preset, seed=args.seed,
                             max_steps=args.max_steps, max_minutes=args.max_minutes, restart=args.restart)
     print(f"{args.preset} on {args.suite} {args.backbone}/{args.layer}: {report.summary()}")
+    if report.weights_sha256:
+        print(f"checkpoint sha256 (to pin in the suite's invert.image_scores): {report.weights_sha256}")
 
 
 def _cmd_show(args: argparse.Namespace) -> None:

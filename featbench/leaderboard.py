@@ -49,10 +49,10 @@ TRACKS = ("map", "invert")
 # The scores a track is ranked and summarised on; those no result reports are left out of the
 # tables. emb_cos is the semantic score of backbones without a classification head (no top1_agree).
 HEADLINE = {
-    "map": ("r2", "cos_median", "top1_agree", "emb_cos", "lpips"),
+    "map": ("r2", "cos_median", "top1_agree", "emb_cos", "lpips_vs_manipulated"),  # the last: image level
     "invert": ("lpips", "ssim", "top1_agree", "feat_cos"),
 }
-LOWER_IS_BETTER = frozenset({"mse", "jsd", "lpips"})
+LOWER_IS_BETTER = frozenset({"mse", "jsd", "lpips", "lpips_vs_manipulated", "lpips_vs_inverted_target"})
 CATEGORY_ORDER = ("geometric", "photometric", "local", "semantic")
 Z95 = 1.959963984540054
 RANK_BOOT = 1000

@@ -112,6 +112,11 @@ def test_pinned_layer_gets_image_scores_with_intervals(suites, in_cache, tmp_pat
         else:  # blocks.1 is not pinned: no image-level scores
             assert not set(image_scores.METRICS) & set(t["metrics"])
     assert "spatial" in next(t for t in res["tasks"] if t["task_id"] == f"{PINNED}/rot90")["reference_points"]
+    # The leaderboard shows lpips_vs_manipulated as a map-track headline score, lower is better.
+    from featbench.leaderboard import LOWER_IS_BETTER, headline_metrics, tidy_frame
+
+    assert "lpips_vs_manipulated" in headline_metrics(tidy_frame({"lin.json": res}), "map")
+    assert {"lpips_vs_manipulated", "lpips_vs_inverted_target"} <= LOWER_IS_BETTER
 
 
 def test_oracle_mapper_scores_zero_lpips_to_the_inverted_target(suites, in_cache, monkeypatch):
@@ -198,3 +203,20 @@ def test_show_writes_a_grid_of_nonblank_tiles(suites, in_cache, tmp_path, capsys
     assert main(["show", "--suite", str(suite.path), "--tasks", f"{PINNED}/rot90", "--images", "2",
                  "--model", "identity", "--model", "linear", "--out", str(again)]) == 0
     assert again.read_bytes() == out.read_bytes()
+
+
+def test_readme_pins_parse_for_featbench_v1():
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```yaml\n(invert:\n  image_scores:.*?)```", readme, re.S).group(1)
+    suite = fb.load_suite("featbench-v1")
+    suite.invert = yaml.safe_load(block.replace("<sha256>", "ab" * 32))["invert"]
+    pinned = image_scores.pins(suite)
+    assert set(pinned) == {("efficientnet_lite0", "blocks.6"), ("dinov2_vits14", "blocks.11")}
+    assert image_scores.train_command(suite, "efficientnet_lite0", "blocks.6", "decoder") == (
+        "featbench train-inverter --suite featbench-v1 --backbone efficientnet_lite0 --layer blocks.6 --preset decoder")
+    suite.invert = {"image_scores": [{"backbone": "efficientnet_lite0", "layer": "blocks.9", "inverter": "decoder",
+                                      "checkpoint_sha256": "ab" * 32, "n_images": 5}]}
+    with pytest.raises(fb.FeatbenchError, match="not one of its layers"):
+        image_scores.pins(suite)
