@@ -2,7 +2,8 @@
 
 One row per (task, test image), columns: the original test view, the manipulated one, the
 inversion of the true target map invert(Y), and the inversion invert(P) of each model's prediction
-(titled with its LPIPS to the manipulated image). Images are at the inverter's resolution R,
+(titled with its LPIPS to the manipulated image; an empty tile where the model does not take the
+task, e.g. ``spatial`` on a non-geometric one, or its fit fails). Images are at the inverter's resolution R,
 drawn with nearest-neighbour scaling into square tiles.
 
 The inverter is the suite's pinned one for the task's (backbone, layer) (``invert.image_scores``,
@@ -146,7 +147,7 @@ def show(suite, pattern: str, n_images: int, models: list[Model], out: str | Pat
 
     tasks = suite.select(pattern, track="map")
     tails = _Tails()
-    rows: list[tuple[str, list[tuple[str, torch.Tensor]]]] = []
+    rows: list[tuple[str, list[tuple[str, torch.Tensor | None]]]] = []
     resolution = None
     for task in tasks:
         data = load_task(suite, task)
@@ -154,17 +155,29 @@ def show(suite, pattern: str, n_images: int, models: list[Model], out: str | Pat
         if resolution not in (None, scorer.resolution):
             raise FeatbenchError("the chosen tasks' inverters work at different resolutions; choose fewer tasks")
         resolution = scorer.resolution
-        recons = []
+        recons: list[torch.Tensor | None] = []
         for model in models:
+            categories = getattr(model.factory, "categories", None)
+            if categories is not None and task.category not in categories:
+                recons.append(None)  # e.g. spatial on a non-geometric task: an empty tile
+                continue
             if progress:
                 print(f"{task.id}: fitting {model.label}")
-            pred, prefix = _predict(model, suite, task, data)
+            try:
+                pred, prefix = _predict(model, suite, task, data)
+            except Exception as exc:  # a model that fails here gets an empty tile, as its task failed
+                print(f"{task.id}: {model.label} failed: {type(exc).__name__}: {exc}")
+                recons.append(None)
+                continue
             recons.append(scorer.invert_rows(pred, prefix))
         originals = scorer.originals()
         for i, (image_id, view) in enumerate(scorer.row_ids):
             tiles = [("original", originals[i]), ("manipulated", scorer.manipulated[i]),
                      ("inverted target", scorer.inverted_target[i])]
             for model, recon in zip(models, recons):
+                if recon is None:
+                    tiles.append((f"{model.label}\nn/a", None))
+                    continue
                 d = float(metrics.lpips(recon[i:i + 1], scorer.manipulated[i:i + 1])[0])
                 tiles.append((f"{model.label}\nLPIPS {d:.3f}", recon[i]))
             label = f"{task.backbone} {task.layer}\n{task.manipulation.name}\n{image_id}" + (f" (view {view})" if view else "")
@@ -177,9 +190,10 @@ def show(suite, pattern: str, n_images: int, models: list[Model], out: str | Pat
         fig.text(6 / width, 1 - (top + bottom) / 2 / height, label, fontsize=7, va="center", ha="left")
         for c, (title, image) in enumerate(tiles):
             left, top, right, bottom = tile_box(r, c, resolution)
-            ax = fig.add_axes((left / width, 1 - bottom / height, (right - left) / width, (bottom - top) / height))
-            ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest", aspect="auto")
-            ax.set_axis_off()
+            if image is not None:
+                ax = fig.add_axes((left / width, 1 - bottom / height, (right - left) / width, (bottom - top) / height))
+                ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest", aspect="auto")
+                ax.set_axis_off()
             fig.text((left + right) / 2 / width, 1 - (top - 2) / height, title, fontsize=7, ha="center", va="bottom")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -203,6 +202,11 @@ def test_show_writes_a_grid_of_nonblank_tiles(suites, in_cache, tmp_path, capsys
     assert main(["show", "--suite", str(suite.path), "--tasks", f"{PINNED}/rot90", "--images", "2",
                  "--model", "identity", "--model", "linear", "--out", str(again)]) == 0
     assert again.read_bytes() == out.read_bytes()
+    # A model that does not take the task (spatial: geometric only) gets an empty tile.
+    other = tmp_path / "noise.png"
+    assert main(["show", "--suite", str(suite.path), "--tasks", f"{PINNED}/noise40", "--images", "1",
+                 "--model", "spatial", "--model", "identity", "--out", str(other)]) == 0
+    assert (tile_pixels(other, 0, 3, 32) == 255).all() and tile_pixels(other, 0, 4, 32).std() > 1
 
 
 def test_readme_pins_parse_for_featbench_v1():
@@ -220,3 +224,19 @@ def test_readme_pins_parse_for_featbench_v1():
                                       "checkpoint_sha256": "ab" * 32, "n_images": 5}]}
     with pytest.raises(fb.FeatbenchError, match="not one of its layers"):
         image_scores.pins(suite)
+
+
+class VitDecoder(TinyDecoder):
+    name = "tiny-decoder-vit"  # its own checkpoint folder (the missing-checkpoint test needs the ViT's empty)
+
+
+def test_vit_layer_with_class_token_prefix(suites, in_cache):
+    suite, _ = suites
+    preset = "tests.test_image_scores:VitDecoder"
+    report = train_inverter(suite, TINY_VIT, "blocks.1", preset, max_steps=2, progress=False)
+    vit = _with_pins(suite, "vit-ok", [{"backbone": TINY_VIT, "layer": "blocks.1", "inverter": preset,
+                                        "checkpoint_sha256": report.weights_sha256, "n_images": 2}])
+    rec = evaluate_map_task(resolve_model("linear"), vit, vit.get_task(f"map/{TINY_VIT}/blocks.1/rot90"), CFG)
+    assert rec["status"] == "ok", rec.get("reason")
+    _assert_image_scores(rec["metrics"])
+    _assert_image_scores(rec["reference_points"]["spatial"])
