@@ -3,8 +3,9 @@
 For each task: a fresh mapper is fitted (timed, under the task's time budget), predicts the test
 split in batches (timed), and is scored against the targets: map metrics (mse, r2, cos_median),
 semantic fidelity through the backbone's tail (top1_agree / jsd / top1_acc with a head,
-emb_cos / retrieval_agree without), each with a seeded bootstrap interval over test images; the
-`identity` and, for geometric manipulations, `spatial` reference points are scored beside it.
+emb_cos / retrieval_agree without), each with a seeded bootstrap interval over test images, and,
+where the suite pins an inverter for the task's layer, image-level scores (`featbench.image_scores`);
+the `identity` and, for geometric manipulations, `spatial` reference points are scored beside it.
 A mapper that raises, overruns its budget, or returns a wrong shape, a wrong dtype, NaN or inf
 fails that task with the reason recorded; the run goes on. The result file is rewritten after
 every task, so an interrupted run resumes from the tasks already scored.
