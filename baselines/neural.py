@@ -94,7 +94,7 @@ class Transformer(nn.Module):
 class _Trained(fb.Mapper):
     """Shared fit/predict for the gradient-trained mappers."""
 
-    version = "1"
+    version = "2"  # 2: no step is started that would overrun the time budget
     on_tokens = True  # False: the network sees the grid only (N×C×h×w)
     max_epochs = 100
     batch_size = 32
@@ -155,21 +155,30 @@ class _Trained(fb.Mapper):
         best, best_state, stale = float("inf"), None, 0
         self.stopped_by = "max_epochs"
         budget = info.time_budget_s
-        # Leave room for the last validation pass and the final restore.
-        deadline = None if budget is None else start + 0.85 * budget
+        deadline = None if budget is None else start + 0.9 * budget  # room for the final restore
+        # A step starts only if it and a validation pass still fit before the deadline, judged by
+        # the slowest step and pass so far (before the first pass: one step per batch of it).
+        step_s = val_s = 0.0
+        self.steps = 0
         for self.epochs in range(1, self.max_epochs + 1):
             self.net.train()
             passes = -(-self.min_steps_per_epoch * self.batch_size // len(fit_part))
             order = torch.cat([torch.randperm(len(fit_part), generator=g) for _ in range(passes)])
             for idx in order.split(self.batch_size):
+                reserve = val_s or step_s * -(-len(val) // self.batch_size)
+                if deadline is not None and time.perf_counter() + step_s + reserve > deadline:
+                    break
+                t0 = time.perf_counter()
                 pick = (lambda t: None if t is None else t[idx])
                 loss = self._loss(fit_part.x[idx], pick(fit_part.x_prefix), fit_part.y[idx], pick(fit_part.y_prefix))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                if deadline is not None and time.perf_counter() > deadline:
-                    break
+                self.steps += 1
+                step_s = max(step_s, time.perf_counter() - t0)
+            t0 = time.perf_counter()
             val_loss = self._val_loss(val)
+            val_s = max(val_s, time.perf_counter() - t0)
             sched.step(val_loss)
             if val_loss < best:
                 best, best_state, stale = val_loss, copy.deepcopy(self.net.state_dict()), 0
@@ -178,7 +187,7 @@ class _Trained(fb.Mapper):
             if stale >= self.patience:
                 self.stopped_by = "early_stopping"
                 break
-            if deadline is not None and time.perf_counter() > deadline:
+            if deadline is not None and time.perf_counter() + step_s + val_s > deadline:
                 self.stopped_by = "time_budget"
                 break
         self.net.load_state_dict(best_state)
@@ -194,7 +203,7 @@ class _Trained(fb.Mapper):
 
     def describe(self) -> dict:
         return {"n_params": sum(p.numel() for p in self.net.parameters()), "epochs": self.epochs,
-                "stopped_by": self.stopped_by, "best_val_loss": self.best_val_loss}
+                "steps": self.steps, "stopped_by": self.stopped_by, "best_val_loss": self.best_val_loss}
 
 
 class MLPMapper(_Trained):

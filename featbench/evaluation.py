@@ -62,15 +62,21 @@ class BudgetExceeded(FeatbenchError):
     pass
 
 
+def hard_limit(budget_s: float | None) -> float | None:
+    """When a fit given `budget_s` seconds is interrupted."""
+    return None if budget_s is None else budget_s * BUDGET_GRACE + 5
+
+
 @contextlib.contextmanager
-def _deadline(seconds: float | None):
-    """Interrupt the body after `seconds` (main thread only; elsewhere checked afterwards)."""
+def _deadline(budget_s: float | None):
+    """Interrupt the body at `hard_limit(budget_s)` (main thread only; elsewhere checked afterwards)."""
+    seconds = hard_limit(budget_s)
     if seconds is None or threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def on_alarm(signum, frame):
-        raise BudgetExceeded(f"fit exceeded its time budget ({seconds / BUDGET_GRACE:.0f} s)")
+        raise BudgetExceeded(f"fit interrupted after {seconds:.0f} s: over its time budget ({budget_s:g} s)")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -79,6 +85,18 @@ def _deadline(seconds: float | None):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def timed_fit(fit: Callable[[], Any], budget_s: float | None) -> float:
+    """Run `fit` under its time budget; its wall seconds, or `BudgetExceeded` past the hard limit."""
+    start = time.perf_counter()
+    with _deadline(budget_s):
+        fit()
+    fit_s = round(time.perf_counter() - start, 3)
+    limit = hard_limit(budget_s)
+    if limit is not None and fit_s > limit:  # where no alarm could interrupt it (not the main thread)
+        raise BudgetExceeded(f"fit took {fit_s:.0f} s, over its time budget ({budget_s:g} s)")
+    return fit_s
 
 
 def _seed_everything(seed: int) -> None:
@@ -244,13 +262,7 @@ def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, c
     try:
         _seed_everything(info.seed)
         mapper = factory()
-        limit = None if cfg.time_budget_s is None else cfg.time_budget_s * BUDGET_GRACE + 5
-        start = time.perf_counter()
-        with _deadline(limit):
-            mapper.fit(train)
-        record["fit_s"] = round(time.perf_counter() - start, 3)
-        if limit is not None and record["fit_s"] > limit:
-            raise BudgetExceeded(f"fit took {record['fit_s']:.0f} s, over its time budget ({cfg.time_budget_s:.0f} s)")
+        record["fit_s"] = timed_fit(lambda: mapper.fit(train), cfg.time_budget_s)
         start = time.perf_counter()
         pred, pred_prefix, predicted_prefix = _predict_all(mapper, test.x, test.x_prefix)
         record["predict_per_s"] = round(len(test) / max(time.perf_counter() - start, 1e-9), 2)
@@ -270,7 +282,7 @@ def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, c
         record["linear_structure"] = metrics.linear_structure(W, b, test.x)
     if described.get("n_params") is not None:
         record["n_params"] = int(described["n_params"])
-    for key in ("stopped_by", "ridge", "epochs"):
+    for key in ("stopped_by", "ridge", "epochs", "steps"):
         if key in described:
             record["notes"].append(f"{key}: {described[key]}")
     record["status"] = "ok"
@@ -301,8 +313,8 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], dict
               device: str | None = None) -> dict[str, Any]:
     """Score `tasks` one by one with `evaluate`, rewriting the result file `out` after each.
 
-    A file left by an interrupted run of the same track, model name and version, suite version
-    and seed is resumed: its scored tasks are kept where the task data are still the same.
+    A file left by an interrupted run of the same track, model (name, version and source), suite
+    version and seed is resumed: its scored tasks are kept where the task data are still the same.
     `device` is the one recorded (default: the first CUDA device when there is one).
     """
     out = Path(out)
@@ -313,7 +325,8 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], dict
         prev = read_result(out)
         same = (prev["track"], prev["model"]["name"], prev["model"]["version"], prev["suite"]["name"],
                 prev["suite"]["version"], prev["seed"])
-        if same == (track, model["name"], model["version"], suite.name, suite.version, cfg.seed):
+        if same == (track, model["name"], model["version"], suite.name, suite.version, cfg.seed) \
+                and prev["model"]["source_sha256"] == model["source_sha256"]:
             done = {t["task_id"]: t for t in prev["tasks"] if t["status"] == "ok"}
             started, previous_duration = prev["started_at"], prev["duration_s"]
     record = {

@@ -257,3 +257,24 @@ def test_readme_example_submission_runs(suite, tmp_path):
     assert res["model"] | {"source_sha256": None} == {
         "name": "channel-affine", "version": "1", "n_params": 48, "source_sha256": None,
         "metadata": {"class": res["model"]["metadata"]["class"]}}
+
+
+def test_trained_baselines_start_no_step_that_would_overrun_the_budget(suite, tmp_path):
+    """Each step takes 0.4 s: within a 2 s budget the MLP must stop by itself, not be interrupted."""
+    import time as _time
+
+    from baselines.neural import MLPMapper
+
+    class SlowSteps(MLPMapper):
+        name = "slow-steps"
+
+        def _loss(self, *args):
+            _time.sleep(0.4)
+            return super()._loss(*args)
+
+    cfg = RunConfig(seed=0, n_boot=20, time_budget_s=2.0)
+    res = _run(suite, SlowSteps, tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/rot90", cfg=cfg)
+    (t,) = res["tasks"]
+    assert t["status"] == "ok", t.get("reason")
+    assert t["fit_s"] <= 2.0
+    assert "stopped_by: time_budget" in t["notes"] and any(n.startswith("steps: ") and n != "steps: 0" for n in t["notes"])
