@@ -289,3 +289,17 @@ def test_compare_puts_models_side_by_side_per_category_and_layer(suite, tmp_path
     assert len(cells) == len({(t.category, f"{t.backbone}/{t.layer}") for t in suite.select(track="map")})
     with pytest.raises(fb.FeatbenchError, match="'nope'"):
         lb.compare(suite, ["a", "nope"], ["r2"], root, use_built_data=False)
+
+
+def test_committed_leaderboard_rebuilds_byte_identically(tmp_path):
+    """What is published under leaderboard/<suite>/ is exactly what its result files give."""
+    from featbench.paths import PACKAGE_DIR
+
+    root = PACKAGE_DIR.parent / "leaderboard" / "featbench-v1"
+    if not (root / "LEADERBOARD.md").is_file():
+        pytest.skip(f"no committed leaderboard at {root} (featbench installed outside its checkout)")
+    # Only the committed task_hashes.json decides which data the results must have run on.
+    report = lb.build(fb.load_suite("featbench-v1"), root, tmp_path, use_built_data=False)
+    assert report.board["excluded"] == []
+    for name in lb.OUTPUT_FILES:
+        assert (tmp_path / name).read_bytes() == (root / name).read_bytes(), name
