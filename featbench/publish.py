@@ -282,8 +282,10 @@ def install_published(folder: str | Path, suite: Suite | str) -> list[str]:
             raise DataError(f"{c['config']}: published for key {c['key'][:12]}, the suite here wants {ref.key[:12]}")
         if is_built(ref):
             continue
-        with _quiet_datasets():
-            dd = datasets.load_dataset(str(folder), name=c["config"])
+        # A fresh datasets cache per config: a cached conversion of another folder (or of an
+        # earlier file at the same path) must never stand in for the published rows.
+        with _quiet_datasets(), tempfile.TemporaryDirectory(prefix="featbench-install-") as hf_cache:
+            dd = datasets.load_dataset(str(folder), name=c["config"], cache_dir=hf_cache)
             dd = datasets.DatasetDict({s: dd[s] for s in SPLITS})
             tmp = ref.path.with_name(ref.path.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
