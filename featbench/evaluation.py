@@ -314,11 +314,14 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], dict
     """Score `tasks` one by one with `evaluate`, rewriting the result file `out` after each.
 
     A file left by an interrupted run of the same track, model (name, version and source), suite
-    version and seed is resumed: its scored tasks are kept where the task data are still the same.
+    version and seed is resumed: its scored tasks are kept where the task data are still the same,
+    and its records of tasks outside `tasks` are carried over as they are (a run of some tasks adds
+    to the file; it never drops the others). The file lists tasks in the suite's order.
     `device` is the one recorded (default: the first CUDA device when there is one).
     """
     out = Path(out)
     done: dict[str, dict] = {}
+    kept: list[dict] = []
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     previous_duration = 0.0
     if out.exists():
@@ -328,12 +331,15 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], dict
         if same == (track, model["name"], model["version"], suite.name, suite.version, cfg.seed) \
                 and prev["model"]["source_sha256"] == model["source_sha256"]:
             done = {t["task_id"]: t for t in prev["tasks"] if t["status"] == "ok"}
+            selected = {t.id for t in tasks}
+            kept = [t for t in prev["tasks"] if t["task_id"] not in selected]
             started, previous_duration = prev["started_at"], prev["duration_s"]
+    order = {t.id: i for i, t in enumerate(suite.tasks)}
     record = {
         "schema_version": "1.0", "featbench_version": featbench.__version__, "git_commit": git_commit(),
         "suite": suite.result_identity(), "track": track, "model": model, "seed": cfg.seed,
         "environment": environment_info(device), "started_at": started, "duration_s": previous_duration,
-        "tasks": [],
+        "tasks": kept,
     }
     run_start = time.perf_counter()
     bar = tqdm(tasks, desc=f"{model['name']} on {suite.name} ({track})", unit="task", disable=not progress)
@@ -343,7 +349,8 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], dict
             result = done[task.id]  # scored before, on the same data
         else:
             result = evaluate(task)
-        record["tasks"] = [t for t in record["tasks"] if t["task_id"] != task.id] + [result]
+        record["tasks"] = sorted([t for t in record["tasks"] if t["task_id"] != task.id] + [result],
+                                 key=lambda t: order.get(t["task_id"], len(order)))
         record["duration_s"] = round(previous_duration + time.perf_counter() - run_start, 3)
         sizes = [t["n_params"] for t in record["tasks"] if t.get("n_params") is not None]
         record["model"]["n_params"] = max(sizes) if sizes else None  # the largest task's instance

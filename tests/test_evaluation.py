@@ -220,6 +220,19 @@ def test_interrupted_run_resumes_from_scored_tasks(suite, tmp_path, monkeypatch)
     assert set(resumed_calls) == {t.id for t in tasks} - set(calls)
 
 
+def test_a_run_of_some_tasks_keeps_the_files_other_tasks(suite, tmp_path):
+    """Scoring a suite one backbone at a time builds up one file; no run drops earlier tasks."""
+    out = tmp_path / "identity.json"
+    first = run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_VIT}/blocks.1/*"), out, CFG,
+                          progress=False)
+    both = run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_CNN}/blocks.1/*"), out, CFG,
+                         progress=False)
+    expected = [t.id for t in suite.select("map/*/blocks.1/*")]
+    assert [t["task_id"] for t in both["tasks"]] == expected  # the suite's order, whatever the runs' order
+    vit = {t["task_id"]: t for t in both["tasks"] if TINY_VIT in t["task_id"]}
+    assert vit == {t["task_id"]: t for t in first["tasks"]}
+
+
 def test_rerun_never_overwrites_another_models_file(suite, tmp_path):
     out = tmp_path / "x.json"
     run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_CNN}/blocks.1/rot90"), out, CFG,
