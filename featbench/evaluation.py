@@ -291,9 +291,14 @@ def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, c
 
 def model_identity(factory: Callable[[], Mapper]) -> dict[str, Any]:
     probe = factory()
-    return {"name": str(getattr(probe, "name", type(probe).__name__)),
-            "version": str(getattr(probe, "version", "0")), "n_params": None,
-            "source_sha256": source_sha256(probe), "metadata": {"class": f"{type(probe).__module__}.{type(probe).__qualname__}"}}
+    identity = {"name": str(getattr(probe, "name", type(probe).__name__)),
+                "version": str(getattr(probe, "version", "0")), "n_params": None,
+                "source_sha256": source_sha256(probe),
+                "metadata": {"class": f"{type(probe).__module__}.{type(probe).__qualname__}"}}
+    categories = getattr(probe, "categories", None)
+    if categories is not None:  # the leaderboard ranks the model on these categories' tasks only
+        identity["categories"] = sorted(categories)
+    return identity
 
 
 def run_map_track(factory: Callable[[], Mapper], suite: Suite, tasks: list[Task], out: str | Path,

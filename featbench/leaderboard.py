@@ -32,6 +32,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -329,30 +330,48 @@ def tidy_frame(results: dict[str, dict[str, Any]]) -> pd.DataFrame:
 # ranks
 
 
-def _ranks(values: np.ndarray, higher: np.ndarray) -> np.ndarray:
-    """Rank (1 = best, ties share the mean of their places) of each model along axis -3.
+def _ranks(values: np.ndarray, higher: np.ndarray, applies: np.ndarray | None = None) -> np.ndarray:
+    """Rank (1 = best, ties share the mean of their places) of each model along axis -3, among
+    the models that apply to the task, rescaled to the range of all models.
 
     `values`: (..., models, tasks, metrics) with NaN for missing; a missing score ranks last,
     tied with the other missing ones. `higher`: (metrics,) bool, True where higher is better.
+    `applies`: (..., models, tasks) bool, default all True. With n of M models applying to a task, a place r among
+    them counts as 1 + (r - 1)(M - 1)/(n - 1), so that a task where fewer models compete weighs
+    as much as any other (first is 1, last is M); a lone model sits at (M + 1)/2. Models that do
+    not apply get NaN.
     """
+    n_models = values.shape[-3]
+    if applies is None:
+        applies = np.ones(values.shape[:-1], dtype=bool)
     signed = np.where(higher, values, -values)
     signed = np.where(np.isnan(signed), -np.inf, signed)
     a = signed[..., :, None, :, :]  # model i
     b = signed[..., None, :, :, :]  # model j
-    better = (b > a).sum(axis=-3)
-    ties = (b == a).sum(axis=-3) - 1
-    return 1.0 + better + 0.5 * ties
+    rivals = applies[..., None, :, :, None]  # (..., 1, M, T, 1): model j applies
+    better = ((b > a) & rivals).sum(axis=-3)
+    ties = ((b == a) & rivals).sum(axis=-3) - 1
+    place = better + 0.5 * ties  # 0-based place among the n applying models
+    n = applies.sum(axis=-2, keepdims=True)[..., None]  # (..., 1, T, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scaled = np.where(n > 1, 1.0 + place * (n_models - 1) / (n - 1), (n_models + 1) / 2)
+    return np.where(applies[..., None], scaled, np.nan)
 
 
 def rank_interval(values: np.ndarray, higher: Sequence[bool], sigma: np.ndarray | None = None,
-                  n_boot: int = RANK_BOOT, seed: int = RANK_SEED, level: float = 0.95
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  n_boot: int = RANK_BOOT, seed: int = RANK_SEED, level: float = 0.95,
+                  applies: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean rank of each model and its percentile-bootstrap interval.
 
     `values` is (models, tasks, metrics), NaN where a model has no score (a failed or missing
-    task). On each (task, metric) that at least one model scored, models are ranked (1 = best;
-    ties share the mean of their places; a missing score ranks last); a model's rank on a task
-    is its mean rank over that task's metrics, and its mean rank the mean over tasks.
+    task). `applies` (models, tasks; default all True) says which tasks each model is meant for
+    (a mapper's declared `categories`): a model is ranked only on those, against the models that
+    apply there, with places rescaled to the range of all models (`_ranks`). So a model made for
+    geometric manipulations alone is neither ranked last on the others nor pushes the others'
+    places there. On each (task, metric) that at least one model scored, the applying models are
+    ranked (1 = best; ties share the mean of their places; a missing score ranks last); a model's
+    rank on a task is its mean rank over that task's metrics, and its mean rank the mean over the
+    tasks it applies to.
 
     The interval: each of `n_boot` seeded replicates draws the tasks with replacement and, where
     `sigma` (same shape as `values`) is given, each score from a normal distribution around it
@@ -369,9 +388,12 @@ def rank_interval(values: np.ndarray, higher: Sequence[bool], sigma: np.ndarray 
     higher = np.asarray(higher, dtype=bool)
     if values.ndim != 3 or higher.shape != (values.shape[2],):
         raise ValueError("values must be (models, tasks, metrics) and higher one flag per metric")
+    applies = np.ones(values.shape[:2], dtype=bool) if applies is None else np.asarray(applies, dtype=bool)
+    if applies.shape != values.shape[:2]:
+        raise ValueError("applies must be (models, tasks)")
     scored = ~np.isnan(values).all(axis=0)  # (tasks, metrics): someone has a score
     keep = scored.any(axis=1)
-    values, scored = values[:, keep], scored[keep]
+    values, scored, applies = values[:, keep], scored[keep], applies[:, keep]
     if sigma is not None:
         sigma = np.nan_to_num(np.asarray(sigma, dtype=np.float64)[:, keep], nan=0.0)
     n_models, n_tasks, _ = values.shape
@@ -379,12 +401,14 @@ def rank_interval(values: np.ndarray, higher: Sequence[bool], sigma: np.ndarray 
         nan = np.full(n_models, np.nan)
         return nan, nan.copy(), nan.copy()
 
-    def mean_rank(v: np.ndarray, mask: np.ndarray) -> np.ndarray:  # v: (..., M, T, K); mask: (..., T, K)
-        r = np.where(mask[..., None, :, :], _ranks(v, higher), np.nan)
-        per_task = np.nanmean(r, axis=-1)
-        return per_task.mean(axis=-1)
+    def mean_rank(v: np.ndarray, mask: np.ndarray, app: np.ndarray) -> np.ndarray:
+        # v: (..., M, T, K); mask: (..., T, K); app: (..., M, T)
+        r = np.where(mask[..., None, :, :], _ranks(v, higher, app), np.nan)
+        with warnings.catch_warnings():  # all-NaN: a model with no task in a replicate; NaN is the answer
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(np.nanmean(r, axis=-1), axis=-1)
 
-    point = mean_rank(values, scored)
+    point = mean_rank(values, scored, applies)
     rng = np.random.default_rng(seed)
     reps = np.empty((n_boot, n_models))
     chunk = 100
@@ -394,9 +418,11 @@ def rank_interval(values: np.ndarray, higher: Sequence[bool], sigma: np.ndarray 
         v = values[:, idx].transpose(1, 0, 2, 3)  # (n, M, T, K)
         if sigma is not None:
             v = v + rng.standard_normal(v.shape) * sigma[:, idx].transpose(1, 0, 2, 3)
-        reps[start:start + n] = mean_rank(v, scored[idx])
+        reps[start:start + n] = mean_rank(v, scored[idx], applies[:, idx].transpose(1, 0, 2))
     tail = (1 - level) / 2
-    low, high = np.quantile(reps, [tail, 1 - tail], axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanquantile(reps, [tail, 1 - tail], axis=0)
     return point, low, high
 
 
@@ -452,8 +478,12 @@ def summarize_track(suite: Suite, frame: pd.DataFrame, results: dict[str, dict[s
             values[i, j, k] = row.value
             if pd.notna(row.ci_low) and pd.notna(row.ci_high):
                 sigma[i, j, k] = (row.ci_high - row.ci_low) / (2 * Z95)
+    declared = {m: results[files[m]]["model"].get("categories") for m in models}
+    applies = np.array([[declared[m] is None or t.category in declared[m] for t in tasks] for m in models],
+                       dtype=bool).reshape(len(models), len(tasks))
     if models and metrics:
-        rank, low, high = rank_interval(values, [m not in LOWER_IS_BETTER for m in metrics], sigma, n_boot, seed)
+        rank, low, high = rank_interval(values, [m not in LOWER_IS_BETTER for m in metrics], sigma, n_boot, seed,
+                                        applies=applies)
     else:
         rank = low = high = np.full(len(models), np.nan)
     entries = []
@@ -467,7 +497,8 @@ def summarize_track(suite: Suite, frame: pd.DataFrame, results: dict[str, dict[s
             "model": model, "version": rec["model"]["version"], "file": files[model],
             "record_sha256": rec["record_sha256"], "n_params": rec["model"]["n_params"],
             "tasks_ok": int(len(ok_tasks)), "tasks_failed": int((status["status"] == "failed").sum()),
-            "tasks_total": len(tasks),
+            "tasks_total": int(applies[i].sum()),
+            "applies_to": declared[model],  # None: every category
             "mean_rank": {"value": _num(rank[i]), "ci_low": _num(low[i]), "ci_high": _num(high[i])},
             "fit_s_mean": _num(ok_tasks["fit_s"].mean()), "predict_per_s_mean": _num(ok_tasks["predict_per_s"].mean()),
             "overall": {m: _mean_score(scored[scored["metric"] == m]) for m in metrics},
@@ -516,6 +547,12 @@ def fmt(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def fmt_tasks(entry: dict[str, Any]) -> str:
+    """The "tasks ok" cell: scored / applicable, and the categories of a model that declares them."""
+    cell = f"{entry['tasks_ok']}/{entry['tasks_total']}"
+    return cell if entry["applies_to"] is None else f"{cell} ({', '.join(entry['applies_to'])})"
+
+
 def fmt_score(s: dict[str, Any] | None, digits: int = 3) -> str:
     if not s or s.get("value") is None:
         return "-"
@@ -543,7 +580,7 @@ def main_table(summary: dict[str, Any], sort: str | None = None) -> tuple[list[s
     for e in sort_models(summary, sort):
         r = e["mean_rank"]
         rank = "-" if r["value"] is None else f"{r['value']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
-        row = [e["model"], f"{e['tasks_ok']}/{e['tasks_total']}", rank]
+        row = [e["model"], fmt_tasks(e), rank]
         row += [fmt_score(e["categories"][c][m]) for c in categories for m in metrics]
         row += [fmt_count(e["n_params"]), fmt(e["fit_s_mean"], 2), fmt(e["predict_per_s_mean"], 0)]
         rows.append(row)
@@ -558,7 +595,7 @@ def overall_table(summary: dict[str, Any], sort: str | None = None) -> tuple[lis
     for e in sort_models(summary, sort):
         r = e["mean_rank"]
         rank = "-" if r["value"] is None else f"{r['value']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
-        rows.append([e["model"], f"{e['tasks_ok']}/{e['tasks_total']}", rank,
+        rows.append([e["model"], fmt_tasks(e), rank,
                      *(fmt_score(e["overall"][m]) for m in metrics),
                      fmt_count(e["n_params"]), fmt(e["fit_s_mean"], 2), fmt(e["predict_per_s_mean"], 0)])
     return headers, rows
@@ -613,7 +650,8 @@ def render_markdown(board: dict[str, Any]) -> str:
              f"--suite {s['name']}`. Do not edit: rebuild.", "",
              "Scores are means over a model's scored tasks (a failed task counts as missing; see *tasks ok*), with "
              "the mean of the tasks' 95 % bootstrap interval ends. The mean rank averages each model's rank per task "
-             "(1 = best, a missing score ranks last) over the headline scores and tasks; its interval comes from a "
+             "(1 = best, a missing score ranks last) over the headline scores and the tasks it applies to (a model that "
+             "declares categories is ranked on theirs only, its places rescaled to the range of all models); its interval comes from a "
              "seeded bootstrap over tasks and over each task's score interval (see featbench.leaderboard.rank_interval).",
              ""]
     if board["excluded"]:

@@ -14,7 +14,7 @@ import io
 import re
 from typing import Any
 
-from featbench.leaderboard import LOWER_IS_BETTER, fmt, fmt_count, fmt_score
+from featbench.leaderboard import LOWER_IS_BETTER, fmt, fmt_count, fmt_score, fmt_tasks
 
 _RC = {
     "svg.hashsalt": "featbench-leaderboard",
@@ -201,7 +201,7 @@ def _main_table(track: str, summary: dict[str, Any]) -> str:
     for e in summary["models"]:
         r = e["mean_rank"]
         rank = "-" if r["value"] is None else f"{r['value']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
-        row = [_cell(e["model"]), _cell(f"{e['tasks_ok']}/{e['tasks_total']}", e["tasks_ok"], True),
+        row = [_cell(e["model"]), _cell(fmt_tasks(e), e["tasks_ok"], True),
                _cell(rank, r["value"], True)]
         row += [_cell(fmt_score(e["categories"][c][m]), e["categories"][c][m]["value"], True)
                 for c in categories for m in metrics]
@@ -233,8 +233,8 @@ def render_html(board: dict[str, Any]) -> str:
              f'<p class="meta">Suite spec <code>{s["spec_sha256"][:16]}</code>, data format {s["data_format_version"]}; '
              f"built by {html.escape(board['built_by'])} from {len(board['results'])} result file(s). "
              "Scores: means over each model's scored tasks (failed tasks count as missing) with the mean of the "
-             "tasks' 95 % bootstrap interval ends. Mean rank: 1 = best, a missing score ranks last; its interval "
-             "comes from a seeded bootstrap over tasks and each task's score interval. Click a column header to sort.</p>"]
+             "tasks' 95 % bootstrap interval ends. Mean rank: 1 = best, a missing score ranks last, over the tasks "
+             "a model applies to (see tasks ok); its interval comes from a seeded bootstrap over tasks and each task's score interval. Click a column header to sort.</p>"]
     if board["excluded"]:
         items = "".join(f"<li><code>{html.escape(e['file'])}</code>: {html.escape(e['reason'])}</li>"
                         for e in board["excluded"])

@@ -252,6 +252,28 @@ def test_rank_interval_on_a_hand_checked_example():
     assert (p2.tolist(), l2.tolist(), h2.tolist()) == ([1.5, 1.5, 3.0], [1.0, 1.0, 3.0], [2.0, 2.0, 3.0])
 
 
+def test_models_are_ranked_only_on_the_tasks_they_apply_to():
+    # Three models, two tasks, one score; C applies to task 1 only (say, a geometric-only mapper).
+    values = np.array([[[0.5], [0.9]],
+                       [[0.7], [0.4]],
+                       [[0.9], [np.nan]]])
+    applies = np.array([[True, True], [True, True], [True, False]])
+    # Task 1, all three compete: C 1, B 2, A 3. Task 2, A and B only: places 1 and 2 rescale to
+    # the range of three models, A 1 and B 3. Mean ranks: A (3 + 1)/2 = 2, B (2 + 3)/2 = 2.5, C 1.
+    ranks = lb._ranks(values, np.array([True]), applies)
+    assert ranks[:2, :, 0].tolist() == [[3.0, 1.0], [2.0, 3.0]] and ranks[2, 0, 0] == 1.0 and np.isnan(ranks[2, 1, 0])
+    point, low, high = lb.rank_interval(values, [True], applies=applies, n_boot=2000, seed=1)
+    assert point.tolist() == [2.0, 2.5, 1.0]
+    # C's only task is task 1, so every replicate that draws it ranks C first.
+    assert low[2] == high[2] == 1.0
+    # Counted as applying everywhere, C's missing task 2 ranks it last there (A 1, B 2, C 3).
+    point, _, _ = lb.rank_interval(values, [True], n_boot=10)
+    assert point.tolist() == [2.0, 2.0, 2.0]
+    # A lone model on a task sits in the middle of the range.
+    alone = lb._ranks(np.array([[[0.3]], [[0.2]]]), np.array([True]), np.array([[True], [False]]))
+    assert alone[0, 0, 0] == 1.5 and np.isnan(alone[1, 0, 0])
+
+
 def test_rank_interval_widens_with_score_uncertainty_and_is_seeded():
     # A beats B by 0.01 on every task: with no score uncertainty, A is always first.
     values = np.array([[[0.51]] * 5, [[0.50]] * 5])
