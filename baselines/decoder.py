@@ -18,8 +18,8 @@ at batch 32 took 1.7 s/step), so the default 3000 steps take about 25 minutes pe
 Training is a resumable loop (`featbench.checkpoints.run_training`): Adam, batches drawn with
 replacement from a generator seeded by (task seed, step), checkpoints in
 ``<cache>/inverters/<suite>/<backbone>/<layer>/decoder/``. ``featbench train-inverter --preset
-decoder`` trains ahead of a run; `fit` resumes whatever is there and trains to `max_steps` within
-the task's time budget.
+decoder`` trains ahead of a run, and `fit` uses that checkpoint as it is (without one, it trains
+within the task's time budget; `featbench.inverters.CheckpointedInverter`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from featbench.checkpoints import TrainingReport, run_training, step_generator
-from featbench.inverters import InvertData, Inverter, checkpoint_dir
+from featbench.inverters import CheckpointedInverter, InvertData, checkpoint_dir
 
 
 def up_stages(resolution: int, grid: int) -> int:
@@ -105,7 +105,7 @@ def lpips_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return lpips_model("alex", pred.device)(pred * 2 - 1, target * 2 - 1).mean()
 
 
-class Decoder(Inverter):
+class Decoder(CheckpointedInverter):
     name, version = "decoder", "1"
     resolution = None  # the suite's image size
     config = DecoderConfig()
@@ -156,20 +156,13 @@ class Decoder(Inverter):
         self.net = net.eval().requires_grad_(False)
         return self.report
 
-    def fit(self, train: InvertData) -> None:
-        budget = train.info.time_budget_s
-        self.train(train, max_seconds=None if budget is None else 0.9 * budget)
-
     @torch.no_grad()
     def invert(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     def describe(self) -> dict:
         out = {"n_params": sum(p.numel() for p in self.net.parameters())} if self.net is not None else {}
-        if self.report is not None:
-            out |= {"steps": f"{self.report.step}/{self.report.max_steps}",
-                    "stopped_by": self.report.stopped_by, "weights_sha256": self.report.weights_sha256}
-        return out
+        return out | self.training_notes(self.cfg.max_steps)
 
 
 __all__ = ["Decoder", "DecoderConfig", "UpConvDecoder"]

@@ -44,7 +44,8 @@ ignored the condition after 20 minutes; the changes that make the condition lear
 
 The tiny preset's checkpoints (safetensors with a sha256 record, resumable) live in
 ``<cache>/inverters/<suite>/<backbone>/<layer>/featinv-tiny/``; ``featbench train-inverter``
-trains them ahead of a run, and `fit` resumes whatever is there.
+trains them ahead of a run, and `fit` uses them as they are (without one, it trains within the
+task's time budget; `featbench.inverters.CheckpointedInverter`).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from torch.nn import functional as F
 from baselines.decoder import ChannelStandardizer, UpConvDecoder
 from featbench.checkpoints import TrainingReport, run_training, step_generator
 from featbench.images import seed_for
-from featbench.inverters import InvertData, InvertInfo, Inverter, checkpoint_dir, resize_images
+from featbench.inverters import CheckpointedInverter, InvertData, InvertInfo, checkpoint_dir, resize_images
 
 P_UNCOND = 0.15
 
@@ -121,8 +122,8 @@ class _AddToConvIn(nn.Module):
         return y if self.extra is None else y + self.extra
 
 
-class _FeatInv(Inverter):
-    """What both presets share: fitting within the task's time budget, the pinned sampler, and
+class _FeatInv(CheckpointedInverter):
+    """What both presets share: the pinned sampler, and
     seeded inversion (each `invert` call draws from its own seed, so a run is reproducible)."""
 
     cfg: Any
@@ -136,10 +137,6 @@ class _FeatInv(Inverter):
 
     def _at_resolution(self, images: torch.Tensor) -> torch.Tensor:
         return images
-
-    def fit(self, train: InvertData) -> None:
-        budget = train.info.time_budget_s
-        self.train(train, max_seconds=None if budget is None else 0.9 * budget)
 
     @property
     def sampler(self) -> tuple[int, float]:
@@ -160,10 +157,7 @@ class _FeatInv(Inverter):
             out["n_params"] = sum(p.numel() for p in self._trained().parameters())
             steps, w = self.sampler
             out["sampler"] = f"DDIM eta=0, {steps} steps, guidance {w}"
-        if self.report is not None:
-            out |= {"steps": f"{self.report.step}/{self.report.max_steps}", "stopped_by": self.report.stopped_by,
-                    "weights_sha256": self.report.weights_sha256}
-        return out
+        return out | self.training_notes(self.cfg.max_steps)
 
 
 @dataclass

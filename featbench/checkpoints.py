@@ -179,7 +179,7 @@ class TrainingReport:
     start_step: int  # the step it resumed from (0: a fresh start)
     step: int  # steps done in all
     max_steps: int
-    stopped_by: str  # "max_steps" | "time limit"
+    stopped_by: str  # "max_steps" | "time limit" | "already trained" (resumed at max_steps: nothing done)
     seconds: float = 0.0  # this session's wall time
     s_per_step: float | None = None
     last_loss: float | None = None
@@ -222,7 +222,9 @@ def run_training(*, directory: str | Path, identity: dict[str, Any], module: tor
         if on_resume is not None:
             on_resume(state.get("extra", {}))
         report_sha = read_record(directory)["latest"]["sha256"]
-    report = TrainingReport(str(directory), start, start, max_steps, "max_steps", weights_sha256=report_sha)
+    report = TrainingReport(str(directory), start, start, max_steps,
+                            "already trained" if loaded is not None and start >= max_steps else "max_steps",
+                            weights_sha256=report_sha)
 
     def save(step: int) -> None:
         opt_tensors, opt_meta = optimizer_to_flat(optimizer)

@@ -310,19 +310,21 @@ def run_map_track(factory: Callable[[], Mapper], suite: Suite, tasks: list[Task]
         tasks = [t for t in tasks if t.category in categories]
     tails = _Tails()
     return run_tasks("map", model_identity(factory), lambda task: evaluate_map_task(factory, suite, task, cfg, tails),
-                     suite, tasks, out, cfg, progress, device="cpu")
+                     suite, tasks, out, cfg, progress, device="cpu",
+                     reusable=lambda task, rec: image_scores.record_is_current(suite, task, rec))
 
 
 def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], dict[str, Any]], suite: Suite,
               tasks: list[Task], out: str | Path, cfg: RunConfig, progress: bool = True,
-              device: str | None = None) -> dict[str, Any]:
+              device: str | None = None, reusable: Callable[[Task, dict], bool] | None = None) -> dict[str, Any]:
     """Score `tasks` one by one with `evaluate`, rewriting the result file `out` after each.
 
     A file left by an interrupted run of the same track, model (name, version and source), suite
     version and seed is resumed: its scored tasks are kept where the task data are still the same,
     and its records of tasks outside `tasks` are carried over as they are (a run of some tasks adds
     to the file; it never drops the others). The file lists tasks in the suite's order.
-    `device` is the one recorded (default: the first CUDA device when there is one).
+    `reusable(task, record)`, if given, must also accept a kept record (else the task is scored
+    again). `device` is the one recorded (default: the first CUDA device when there is one).
     """
     out = Path(out)
     done: dict[str, dict] = {}
@@ -350,7 +352,8 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], dict
     bar = tqdm(tasks, desc=f"{model['name']} on {suite.name} ({track})", unit="task", disable=not progress)
     for task in bar:
         bar.set_postfix_str(task.id)
-        if task.id in done and done[task.id]["task_sha256"] == load_task(suite, task).content_sha256:
+        if task.id in done and done[task.id]["task_sha256"] == load_task(suite, task).content_sha256 \
+                and (reusable is None or reusable(task, done[task.id])):
             result = done[task.id]  # scored before, on the same data
         else:
             result = evaluate(task)

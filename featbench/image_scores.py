@@ -303,6 +303,19 @@ class ImageScorer:
         return _cached_json("scores", key, make)
 
 
+def record_is_current(suite, task, record: dict) -> bool:
+    """Whether a map task's stored record has the image-level scores that `suite` asks for: none
+    where it pins no inverter for the task's layer, those of the pinned checkpoint and subset where
+    it does. A resumed run rescores the tasks whose records are not (pinning a layer after results
+    were made rescores that layer's tasks and keeps the others)."""
+    pin = pins(suite).get((task.backbone, task.layer))
+    scored = set(METRICS) & set(record.get("metrics", {}))
+    if pin is None or task.manipulation is None:
+        return not scored
+    marks = (f"on {pin.n_images} test images", f"inverter {pin.inverter} (checkpoint sha256 {pin.checkpoint_sha256[:12]}")
+    return scored == set(METRICS) and any(all(m in note for m in marks) for note in record.get("notes", []))
+
+
 def for_task(suite, task, data, tails, cfg) -> ImageScorer | None:
     """The image scorer of a map task whose (backbone, layer) the suite pins; None otherwise.
     Raises `CheckpointError` (naming the train-inverter command) when the pinned checkpoint is

@@ -139,6 +139,43 @@ class Inverter:
         return {}
 
 
+class CheckpointedInverter(Inverter):
+    """An inverter trained ahead of a run by ``featbench train-inverter``, through its
+    ``train(data, directory=, max_steps=, max_seconds=, progress=)``, which resumes the
+    checkpoints in `checkpoint_dir` and sets ``report`` (a `featbench.checkpoints.TrainingReport`).
+
+    `fit` uses the checkpoint that training left for the task as it is, so a run scores exactly
+    that training (its sha256 goes into the result) and never changes it; with no checkpoint, it
+    trains from scratch within the task's time budget (and leaves that checkpoint behind).
+    """
+
+    report: Any = None
+
+    def train(self, train: InvertData, *, directory: str | Path | None = None, max_steps: int | None = None,
+              max_seconds: float | None = None, progress: bool = False):
+        raise NotImplementedError
+
+    def fit(self, train: InvertData) -> None:
+        from featbench.checkpoints import read_record
+
+        info = train.info
+        record = read_record(checkpoint_dir(info.suite, info.backbone, info.layer, self.name))
+        trained = int(record["latest"]["step"]) if record else 0
+        if trained > 0:
+            self.train(train, max_steps=trained)
+        else:
+            budget = info.time_budget_s
+            self.train(train, max_seconds=None if budget is None else 0.9 * budget)
+
+    def training_notes(self, full_steps: int) -> dict[str, Any]:
+        """What the result records of the training used: steps of the preset's `full_steps`,
+        why it stopped, the checkpoint's sha256."""
+        if self.report is None:
+            return {}
+        return {"steps": f"{self.report.step}/{full_steps}", "stopped_by": self.report.stopped_by,
+                "weights_sha256": self.report.weights_sha256}
+
+
 def registered_inverters() -> dict[str, Any]:
     return registered_models(ENTRY_POINT_GROUP)
 

@@ -112,6 +112,25 @@ def test_pinned_layer_gets_image_scores_with_intervals(suites, in_cache, tmp_pat
     assert {"lpips_vs_manipulated", "lpips_vs_inverted_target"} <= LOWER_IS_BETTER
 
 
+def test_pinning_a_layer_later_rescores_its_tasks_and_keeps_the_others(suites, in_cache, tmp_path):
+    suite, _ = suites
+    unpinned = _with_pins(suite, "unpinned", [])
+    out, pattern = tmp_path / "lin.json", f"map/{TINY_CNN}/*"
+    first = run_map_track(resolve_model("linear"), unpinned, unpinned.select(pattern), out, CFG, progress=False)
+    assert not any(set(image_scores.METRICS) & set(t["metrics"]) for t in first["tasks"])
+    second = run_map_track(resolve_model("linear"), suite, suite.select(pattern), out, CFG, progress=False)
+    assert second["suite"]["spec_sha256"] == suite.spec_sha256() != unpinned.spec_sha256()
+    before = {t["task_id"]: t for t in first["tasks"]}
+    for t in second["tasks"]:
+        if t["layer"] == "blocks.3":
+            _assert_image_scores(t["metrics"])
+        else:
+            assert t == before[t["task_id"]]  # kept as it was scored
+    # Unpinning drops them again.
+    third = run_map_track(resolve_model("linear"), unpinned, unpinned.select(pattern), out, CFG, progress=False)
+    assert not any(set(image_scores.METRICS) & set(t["metrics"]) for t in third["tasks"])
+
+
 def test_oracle_mapper_scores_zero_lpips_to_the_inverted_target(suites, in_cache, monkeypatch):
     suite, _ = suites
     monkeypatch.setenv("ORACLE_SUITE", str(suite.path))

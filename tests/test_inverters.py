@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -274,6 +275,29 @@ def test_cli_train_inverter_resumes_and_run_scores(suite, in_suite_cache, tmp_pa
     assert main(["train-inverter", "--suite", str(suite.path), "--backbone", TINY_CNN, "--layer", "blocks.3",
                  "--preset", "tests.test_inverters:MeanImage"]) == 2
     assert "has no train()" in capsys.readouterr().err
+
+
+def test_run_scores_the_trained_checkpoint_as_it_is(suite, in_suite_cache, tmp_path):
+    """A run uses train-inverter's checkpoint without training it further (the result names its
+    sha256, the folder is unchanged); with none, fit trains from scratch within the budget."""
+    from featbench.checkpoints import read_record
+    from featbench.inverters import checkpoint_dir
+
+    task = suite.get_task(TASK)
+    directory = checkpoint_dir(suite.name, TINY_CNN, "blocks.3", TinyDecoder.name)
+    shutil.rmtree(directory, ignore_errors=True)
+    task_data = fb.load_task(suite, task)
+    TinyDecoder().train(invert_data(suite, task_data, invert_info(suite, task, task_data, CFG), 32, "train"),
+                        directory=directory, max_steps=3)
+    before = read_record(directory)["latest"]
+    rec = evaluate_invert_task(TinyDecoder, suite, task, CFG)
+    assert rec["status"] == "ok"
+    assert {"steps: 3/4", "stopped_by: already trained", f"weights_sha256: {before['sha256']}"} <= set(rec["notes"])
+    assert read_record(directory)["latest"] == before
+    shutil.rmtree(directory)
+    rec = evaluate_invert_task(TinyDecoder, suite, task, CFG)
+    assert rec["status"] == "ok" and "steps: 4/4" in rec["notes"] and "stopped_by: max_steps" in rec["notes"]
+    assert read_record(directory)["latest"]["step"] == 4
 
 
 def test_suite_invert_settings_are_hashed_only_when_given(tmp_path):
