@@ -108,6 +108,13 @@ def train_command(suite, backbone: str, layer: str, preset: str, seed: int = 0) 
     return cmd + (f" --seed {seed}" if seed else "")
 
 
+def pinned_dir(suite, pin: Pin) -> Path:
+    """The cache folder that holds `pin`'s checkpoint (named by the preset's ``name``)."""
+    from featbench.inverters import checkpoint_dir, resolve_inverter
+
+    return checkpoint_dir(suite.name, pin.backbone, pin.layer, resolve_inverter(pin.inverter)().name)
+
+
 def load_inverter(suite, backbone: str, layer: str, preset: str, checkpoint_sha256: str | None = None,
                   seed: int = 0):
     """(inverter, resolution, checkpoint sha256): `preset` loaded from its trained checkpoint of
@@ -132,7 +139,8 @@ def load_inverter(suite, backbone: str, layer: str, preset: str, checkpoint_sha2
     if record is None:
         raise MissingCheckpointError(
             f"image-level scores of {backbone}/{layer} need suite {suite.name}'s {preset} inverter checkpoint, and "
-            f"{directory} has none: train it with `{cmd}` (or copy the pinned checkpoint folder there)")
+            f"{directory} has none: install it from the suite's published folder (featbench.publish.install_published), "
+            f"or train one with `{cmd}` and pin its sha256")
     latest = record["latest"]
     if checkpoint_sha256 is not None and latest["sha256"] != checkpoint_sha256:
         raise CheckpointError(

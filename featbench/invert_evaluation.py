@@ -7,6 +7,10 @@ working at another resolution R has its output resized to S, bicubic with antial
 
 - ``lpips``: LPIPS v0.1 (AlexNet) between reconstruction and true image (`featbench.metrics.lpips`);
 - ``ssim``: SSIM (Wang et al., Gaussian window) between them (`featbench.metrics.ssim`);
+- ``lpips_shuffled``: LPIPS between each reconstruction and the true image of the next test row
+  (a fixed derangement), and ``lpips_gap`` = lpips_shuffled − lpips: how much closer a
+  reconstruction is to its own image than to another's, i.e. how much it uses its condition
+  (0 for any image that ignores the map, such as the mean image);
 - ``top1_agree``, ``jsd``, ``top1_acc``: the suite's classifier (``invert.classifier``, default
   efficientnet_lite0, for every backbone) on the reconstruction, resized to its input size, vs
   on the true image at the backbone's input size (`featbench.metrics.logit_components`);
@@ -61,9 +65,9 @@ INVERT_BATCH = 32
 SCORE_BATCH = 32
 # The suite's ``invert:`` section overrides these (and may pin ``sampler: {steps, guidance}``).
 DEFAULT_SETTINGS: dict[str, Any] = {"classifier": "efficientnet_lite0", "image_size": 64}
-HEADLINE = ("lpips", "ssim", "top1_agree", "feat_cos")
+HEADLINE = ("lpips", "lpips_gap", "ssim", "top1_agree", "feat_cos")
 # Bump when the invert metrics change, so cached reference points are recomputed.
-REFERENCE_CACHE_VERSION = 1
+REFERENCE_CACHE_VERSION = 2
 
 
 def invert_settings(suite: Suite) -> dict[str, Any]:
@@ -144,7 +148,9 @@ def _features(models: _Tails, task: Task, images: torch.Tensor) -> torch.Tensor:
 
 
 def _statistics() -> dict[str, Callable]:
-    stats = {"lpips": lambda c: float(np.mean(c["lpips"])), "ssim": lambda c: float(np.mean(c["ssim"]))}
+    stats = {"lpips": lambda c: float(np.mean(c["lpips"])), "ssim": lambda c: float(np.mean(c["ssim"])),
+             "lpips_shuffled": lambda c: float(np.mean(c["lpips_shuffled"])),
+             "lpips_gap": lambda c: float(np.mean(c["lpips_shuffled"]) - np.mean(c["lpips"]))}
     stats |= metrics.LOGIT_STATISTICS
     stats["feat_cos"] = lambda c: float(np.mean(c["feat_cos"]))
     return stats
@@ -170,6 +176,8 @@ def score_images(recon: torch.Tensor, truth: _Truth, task: Task, info: InvertInf
     """Every invert-track score of reconstructions at the scored size, with bootstrap intervals."""
     components = {
         "lpips": metrics.lpips(recon, truth.images, net="alex").numpy(),
+        # Each reconstruction against the next test row's true image (a fixed derangement).
+        "lpips_shuffled": metrics.lpips(recon, truth.images.roll(1, dims=0), net="alex").numpy(),
         "ssim": metrics.ssim(recon, truth.images).numpy(),
         **metrics.logit_components(_logits(models, info.settings["classifier"], recon), truth.logits, truth.labels),
         "feat_cos": metrics.map_components(_features(models, task, recon), truth.x)["cos_median"],

@@ -51,7 +51,7 @@ TRACKS = ("map", "invert")
 # tables. emb_cos is the semantic score of backbones without a classification head (no top1_agree).
 HEADLINE = {
     "map": ("r2", "cos_median", "top1_agree", "emb_cos", "lpips_vs_manipulated"),  # the last: image level
-    "invert": ("lpips", "ssim", "top1_agree", "feat_cos"),
+    "invert": ("lpips", "lpips_gap", "ssim", "top1_agree", "feat_cos"),
 }
 LOWER_IS_BETTER = frozenset({"mse", "jsd", "lpips", "lpips_vs_manipulated", "lpips_vs_inverted_target"})
 CATEGORY_ORDER = ("geometric", "photometric", "local", "semantic")

@@ -13,13 +13,19 @@ What is uploaded (and what ``--dry-run DIR`` writes, file for file, into DIR):
     featbench/task_hashes.json        every task's content hash (``task_sha256`` in results)
     featbench/suite.yaml              the suite file
     leaderboard/...                   the suite's leaderboard folder (tables, page, results)
+    inverters/<backbone>/<layer>/<preset>/
+                                      each inverter checkpoint the suite pins for its image-level
+                                      scores (``invert.image_scores``): the pinned safetensors
+                                      file and its record (`featbench.checkpoints`)
 
 A variant dataset is published once and shared by its tasks, as on disk (a task is the
 unmanipulated maps of its backbone and layer plus the manipulated ones). `install_published`
 turns a published folder back into featbench's cache: it loads each config with
 ``datasets.load_dataset``, saves it as the build does, and accepts it only if the saved Arrow
 files hash to the published record, so `load_task` then gives the same task hashes as the
-publisher's (the check `tests/test_publish.py` makes).
+publisher's (the check `tests/test_publish.py` makes); it installs the pinned inverter
+checkpoints too, each only if it hashes to its pin (trainings need not be bit-identical across
+machines, so the pinned files are shared rather than retrained).
 
 Publishing needs a Hugging Face token (``HF_TOKEN`` or ``hf auth login``) and the Hub: both are
 checked before anything is staged, and their absence fails at once with a message.
@@ -207,6 +213,7 @@ def stage(suite: Suite, folder: str | Path, leaderboard_root: str | Path | None 
         for result in sorted((root / "results").glob("*.json")):
             (folder / "leaderboard" / "results").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(result, folder / "leaderboard" / "results" / result.name)
+    _stage_pinned_checkpoints(suite, folder)
     (folder / "README.md").write_text(_card(suite, configs, report.task_hashes, has_leaderboard))
     report.files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     report.bytes = sum((folder / f).stat().st_size for f in report.files)
@@ -255,13 +262,74 @@ def publish(suite: Suite, repo_id: str, *, dry_run: str | Path | None = None,
     return str(getattr(info, "commit_url", info))
 
 
+def _published_checkpoint(folder: Path, pin) -> Path:
+    return folder / "inverters" / pin.backbone / pin.layer
+
+
+def _stage_pinned_checkpoints(suite: Suite, folder: Path) -> None:
+    """Copy each pinned inverter checkpoint (the pinned file and a record naming it alone)."""
+    from featbench import image_scores
+    from featbench.checkpoints import RECORD, read_record
+    from featbench.hashing import sha256_file
+
+    for pin in image_scores.pins(suite).values():
+        src = image_scores.pinned_dir(suite, pin)
+        record = read_record(src)
+        if record is None or record["latest"]["sha256"] != pin.checkpoint_sha256:
+            raise FeatbenchError(f"suite {suite.name} pins a {pin.inverter} checkpoint {pin.checkpoint_sha256[:12]}… for "
+                                 f"{pin.backbone}/{pin.layer}, and {src} does not hold it; it cannot be published")
+        latest = record["latest"]
+        dst = _published_checkpoint(folder, pin) / src.name
+        dst.mkdir(parents=True)
+        shutil.copyfile(src / latest["file"], dst / latest["file"])
+        if sha256_file(dst / latest["file"]) != pin.checkpoint_sha256:
+            raise FeatbenchError(f"{src / latest['file']} does not hash to its pin; it was changed while being copied")
+        history = [{k: latest[k] for k in ("file", "sha256", "step")}]
+        (dst / RECORD).write_text(json.dumps(record | {"history": history}, indent=1, sort_keys=True))
+
+
+def _install_pinned_checkpoints(folder: Path, suite: Suite) -> list[str]:
+    """Install the published pinned checkpoints that the cache lacks, each checked against its pin.
+    A cache folder that holds another checkpoint is left as it is, and named."""
+    from featbench import image_scores
+    from featbench.checkpoints import CheckpointError, RECORD, read_record
+    from featbench.hashing import sha256_file
+
+    installed = []
+    for pin in image_scores.pins(suite).values():
+        dst = image_scores.pinned_dir(suite, pin)
+        src = _published_checkpoint(folder, pin) / dst.name
+        label = f"inverter {pin.backbone}/{pin.layer}/{dst.name}"
+        try:
+            mine = read_record(dst)
+        except CheckpointError:
+            mine = {"latest": {"sha256": "a damaged record"}}
+        if mine is not None:
+            if mine["latest"]["sha256"] != pin.checkpoint_sha256:
+                raise DataError(f"{dst} holds another {dst.name} checkpoint than the one suite {suite.name} pins "
+                                f"({pin.checkpoint_sha256[:12]}…); move it away, then install again")
+            continue
+        record = json.loads((src / RECORD).read_text()) if (src / RECORD).is_file() else None
+        if record is None or record["latest"]["sha256"] != pin.checkpoint_sha256 \
+                or sha256_file(src / record["latest"]["file"]) != pin.checkpoint_sha256:
+            raise DataError(f"{folder} lacks the {label} checkpoint that suite {suite.name} pins "
+                            f"({pin.checkpoint_sha256[:12]}…), or it does not hash to its pin")
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        tmp.rename(dst)
+        installed.append(label)
+    return installed
+
+
 def install_published(folder: str | Path, suite: Suite | str) -> list[str]:
     """Install a published (or dry-run) folder's variant datasets into featbench's cache.
 
     Each config is read with ``datasets.load_dataset`` and saved as `featbench build` saves it;
     it is accepted only if its key is the suite's and its Arrow files hash to the published
-    record (then `load_task` yields the publisher's task hashes). Returns the configs installed;
-    datasets already built are left alone.
+    record (then `load_task` yields the publisher's task hashes), then the pinned inverter
+    checkpoints, each checked against its pin. Returns what it installed (configs, then
+    ``inverter <backbone>/<layer>/<preset>``); what the cache already holds is left alone.
     """
     import datasets
 
@@ -301,4 +369,4 @@ def install_published(folder: str | Path, suite: Suite | str) -> list[str]:
         ref.path.parent.mkdir(parents=True, exist_ok=True)
         tmp.rename(ref.path)
         installed.append(c["config"])
-    return installed
+    return installed + _install_pinned_checkpoints(folder, suite)

@@ -239,6 +239,38 @@ def test_readme_pins_parse_for_featbench_v1():
         image_scores.pins(suite)
 
 
+def test_published_folder_carries_the_pinned_checkpoint(suites, in_cache, tmp_path, monkeypatch):
+    import json
+
+    from featbench.publish import install_published, stage
+
+    suite, sha = suites
+    lpips_assets = list((cache_dir() / "assets").glob("lpips_*.safetensors"))
+    stage(suite, tmp_path / "pub", leaderboard_root=tmp_path / "no-leaderboard")
+    published = tmp_path / "pub" / "inverters" / TINY_CNN / "blocks.3" / "decoder"
+    assert json.loads((published / "checkpoint.json").read_text())["latest"]["sha256"] == sha
+    assert len(list(published.glob("*.safetensors"))) == 1  # the pinned file only
+
+    def fresh_cache(name: str) -> None:
+        monkeypatch.setenv("FEATBENCH_CACHE", str(tmp_path / name))
+        (tmp_path / name / "assets").mkdir(parents=True)
+        for f in lpips_assets:
+            os.symlink(f, tmp_path / name / "assets" / f.name)
+
+    fresh_cache("fresh")
+    assert f"inverter {TINY_CNN}/blocks.3/decoder" in install_published(tmp_path / "pub", suite)
+    rec = evaluate_map_task(resolve_model("identity"), suite, suite.get_task(f"{PINNED}/noise40"), CFG)
+    assert rec["status"] == "ok", rec.get("reason")
+    _assert_image_scores(rec["metrics"])
+    # A published checkpoint that does not hash to its pin is refused, and nothing is installed for it.
+    weights = next(published.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"!")
+    fresh_cache("fresh2")
+    with pytest.raises(fb.DataError, match="does not hash to its pin"):
+        install_published(tmp_path / "pub", suite)
+    assert not (cache_dir() / "inverters").exists()
+
+
 class VitDecoder(TinyDecoder):
     name = "tiny-decoder-vit"  # its own checkpoint folder (the missing-checkpoint test needs the ViT's empty)
 

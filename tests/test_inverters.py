@@ -191,7 +191,7 @@ def test_decoder_geometry(tmp_path):
 
 # -- the evaluator ------------------------------------------------------------------------------
 
-HEADLINE = {"lpips", "ssim", "top1_agree", "jsd", "top1_acc", "feat_cos"}
+HEADLINE = {"lpips", "lpips_shuffled", "lpips_gap", "ssim", "top1_agree", "jsd", "top1_acc", "feat_cos"}
 
 
 def test_invert_track_result_validates_with_reference_points(suite, in_suite_cache, tmp_path):
@@ -206,6 +206,11 @@ def test_invert_track_result_validates_with_reference_points(suite, in_suite_cac
         down = t["reference_points"]["downsampled"]
         assert down["lpips"]["value"] == pytest.approx(0, abs=1e-6) and down["ssim"]["value"] == pytest.approx(1)
         assert down["top1_agree"]["ci_low"] is not None
+        # The true images are their own: the whole shuffled distance is the gap.
+        assert down["lpips_gap"]["value"] == pytest.approx(down["lpips_shuffled"]["value"])
+        assert down["lpips_gap"]["value"] > 0.05
+        # One image for every map ignores the condition: no gap.
+        assert t["reference_points"]["mean"]["lpips_gap"]["value"] == pytest.approx(0, abs=1e-6)
         assert any(n.startswith("steps: 4/4") for n in t["notes"])
     # The decoder's checkpoint went to the cache's per-task folder.
     ckpt = Path(suite.path).parent / "cache" / "inverters" / suite.name / TINY_CNN / "blocks.3" / "decoder"
