@@ -240,6 +240,12 @@ def _to_uint8(images: torch.Tensor) -> torch.Tensor:
 # --- the scorer --------------------------------------------------------------------------------
 
 
+def _note_parts(n_images: int, inverter: str, checkpoint_sha256: str) -> tuple[str, str]:
+    """The parts of a task record's image-score note that name the subset and the checkpoint
+    (`ImageScorer.note` writes them, `record_is_current` looks for them)."""
+    return f"on {n_images} test images", f"inverter {inverter} (checkpoint sha256 {checkpoint_sha256[:12]}…)"
+
+
 class ImageScorer:
     """Image-level scores of one map task's predictions (see the module docstring)."""
 
@@ -267,8 +273,8 @@ class ImageScorer:
 
     @property
     def note(self) -> str:
-        return (f"image-level scores on {len(self.rows)} test images at {self.resolution} px, inverter "
-                f"{self.pin.inverter} (checkpoint sha256 {self.checkpoint_sha256[:12]}…)")
+        subset, inverter = _note_parts(len(self.rows), self.pin.inverter, self.checkpoint_sha256)
+        return f"image-level scores {subset} at {self.resolution} px, {inverter}"
 
     def invert_rows(self, maps: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
         """invert() of the subset's rows of `maps` (all test rows), as uint8 images N×3×R×R."""
@@ -320,7 +326,7 @@ def record_is_current(suite, task, record: dict) -> bool:
     scored = set(METRICS) & set(record.get("metrics", {}))
     if pin is None or task.manipulation is None:
         return not scored
-    marks = (f"on {pin.n_images} test images", f"inverter {pin.inverter} (checkpoint sha256 {pin.checkpoint_sha256[:12]}")
+    marks = _note_parts(pin.n_images, pin.inverter, pin.checkpoint_sha256)
     return scored == set(METRICS) and any(all(m in note for m in marks) for note in record.get("notes", []))
 
 
