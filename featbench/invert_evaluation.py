@@ -47,6 +47,7 @@ import torch
 from tabulate import tabulate
 
 from featbench import metrics
+from featbench.checkpoints import read_record
 from featbench.errors import FeatbenchError
 from featbench.evaluation import (
     RunConfig, _as_tensor, _seed_everything, _Tails, _with_prefix, timed_fit,
@@ -57,6 +58,7 @@ from featbench.images import seed_for
 from featbench.inverters import (
     InvertData, InvertInfo, Inverter, aligned_targets, as_unit, checkpoint_dir, resize_images, resolve_inverter,
 )
+from featbench.leaderboard import HEADLINE as BOARD_HEADLINE
 from featbench.paths import cache_dir
 from featbench.storage import TaskData, load_task
 from featbench.suites import Suite, Task
@@ -65,7 +67,7 @@ INVERT_BATCH = 32
 SCORE_BATCH = 32
 # The suite's ``invert:`` section overrides these (and may pin ``sampler: {steps, guidance}``).
 DEFAULT_SETTINGS: dict[str, Any] = {"classifier": "efficientnet_lite0", "image_size": 64}
-HEADLINE = ("lpips", "lpips_gap", "ssim", "top1_agree", "feat_cos")
+HEADLINE = BOARD_HEADLINE["invert"]  # the summary table shows what the leaderboard ranks on
 # Bump when the invert metrics change, so cached reference points are recomputed.
 REFERENCE_CACHE_VERSION = 2
 
@@ -260,7 +262,17 @@ def run_invert_track(factory: Callable[[], Inverter], suite: Suite, tasks: list[
     model["metadata"]["invert_settings"] = invert_settings(suite)
     models = _Tails()
     return run_tasks("invert", model, lambda task: evaluate_invert_task(factory, suite, task, cfg, models),
-                     suite, tasks, out, cfg, progress)
+                     suite, tasks, out, cfg, progress,
+                     reusable=lambda task, rec: scored_current_checkpoint(suite, task, model["name"], rec))
+
+
+def scored_current_checkpoint(suite: Suite, task: Task, inverter: str, record: dict) -> bool:
+    """Whether a kept task record still stands for the inverter's checkpoint in the cache: False
+    when `train-inverter` has since left a checkpoint other than the one the record names (so a
+    resumed run scores the new training); True when the record names none or no checkpoint is here."""
+    named = [n.split(": ", 1)[1] for n in record.get("notes", []) if n.startswith("weights_sha256: ")]
+    latest = read_record(checkpoint_dir(suite.name, task.backbone, task.layer, inverter))
+    return not named or latest is None or latest["latest"]["sha256"] == named[-1]
 
 
 def summary_table(results: list[dict]) -> str:

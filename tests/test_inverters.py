@@ -305,6 +305,30 @@ def test_run_scores_the_trained_checkpoint_as_it_is(suite, in_suite_cache, tmp_p
     assert read_record(directory)["latest"]["step"] == 4
 
 
+def test_resumed_run_rescores_a_task_whose_checkpoint_was_trained_further(suite, in_suite_cache, tmp_path):
+    """A resumed invert run keeps a record while the cache holds the checkpoint it names, and scores
+    the task again once train-inverter has left another one (a stale score is never carried on)."""
+    from featbench.checkpoints import read_record
+    from featbench.inverters import checkpoint_dir
+
+    task = suite.get_task(TASK)
+    directory = checkpoint_dir(suite.name, TINY_CNN, "blocks.3", TinyDecoder.name)
+    shutil.rmtree(directory, ignore_errors=True)
+    task_data = fb.load_task(suite, task)
+    train = invert_data(suite, task_data, invert_info(suite, task, task_data, CFG), 32, "train")
+    TinyDecoder().train(train, directory=directory, max_steps=2)
+    out = tmp_path / "resume.json"
+    first = run_invert_track(TinyDecoder, suite, [task], out, CFG, progress=False)["tasks"][0]
+    kept = run_invert_track(TinyDecoder, suite, [task], out, CFG, progress=False)["tasks"][0]
+    assert kept == first  # same checkpoint: the record is kept as it is, fit_s included
+    TinyDecoder().train(train, directory=directory, max_steps=4)
+    latest = read_record(directory)["latest"]["sha256"]
+    rescored = run_invert_track(TinyDecoder, suite, [task], out, CFG, progress=False)["tasks"][0]
+    assert f"weights_sha256: {latest}" in rescored["notes"] and "steps: 4/4" in rescored["notes"]
+    assert "steps: 2/4" in first["notes"]
+    shutil.rmtree(directory)
+
+
 def test_suite_invert_settings_are_hashed_only_when_given(tmp_path):
     plain = make_tiny_suite(tmp_path / "a")
     pinned = make_tiny_suite(tmp_path / "b", invert=INVERT)
