@@ -40,7 +40,13 @@ ignored the condition after 20 minutes; the changes that make the condition lear
   batch 16, fwd+bwd: 3.3 s for channels (64, 128, 128) on the 32×32 grid (patch 2), 1.1 s for
   (32, 64, 128) at patch 2, 0.57 s at patch 4. Channels-last was slower (GroupNorm), so off;
 - a cosine noise schedule with trailing DDIM timesteps (sampling starts at pure noise), an EMA
-  of the weights (0.999) for sampling, gradient clipping at 1.
+  of the weights (0.999) for sampling, gradient clipping at 1;
+- *more training pairs* (version 2): version 1, trained on the 800 training images alone,
+  overfitted them: on efficientnet_lite0 blocks.6 after 3712 steps its LPIPS gap (to the true
+  image vs a shuffled one) was 0.188 on 48 training images and 0.096 on 48 test images. The
+  suite's map track already holds the training images' maps under its manipulations, so half of
+  each batch is drawn from seven of them (`InvertData.with_manipulation`: flips, rotations, hue,
+  grayscale; not noise or masks, whose images carry artefacts a reconstruction should not learn).
 
 The tiny preset's checkpoints (safetensors with a sha256 record, resumable) live in
 ``<cache>/inverters/<suite>/<backbone>/<layer>/featinv-tiny/``; ``featbench train-inverter``
@@ -180,6 +186,10 @@ class FeatInvTinyConfig:
     steps: int = 50  # DDIM steps at inference (the suite's invert.sampler overrides)
     guidance: float = 2.0  # classifier-free guidance scale (the suite's invert.sampler overrides)
     channels_last: bool = False
+    # Extra training pairs: the training images under these of the suite's manipulations (those
+    # the suite lacks are skipped), drawn for `augment_p` of each batch.
+    augment: tuple[str, ...] = ("hflip", "vflip", "rot90", "rot180", "rot270", "hue60", "grayscale")
+    augment_p: float = 0.5
 
 
 class TinyDenoiser(nn.Module):
@@ -239,12 +249,12 @@ def _scheduler(cfg) -> Any:
 
 
 class FeatInvTiny(_FeatInv):
-    name, version = "featinv-tiny", "1"
+    name, version = "featinv-tiny", "2"
     config = FeatInvTinyConfig()
 
     def __init__(self, **overrides):
         self.cfg = FeatInvTinyConfig(**{**asdict(self.config), **overrides})
-        self.cfg.channels = tuple(self.cfg.channels)
+        self.cfg.channels, self.cfg.augment = tuple(self.cfg.channels), tuple(self.cfg.augment)
         self.resolution = self.cfg.resolution
         self.model: _TinyModel | None = None
         self.ema: _TinyModel | None = None
@@ -279,13 +289,20 @@ class FeatInvTiny(_FeatInv):
         state = nn.ModuleDict({"model": model, "ema": ema})
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
         alphas = _scheduler(cfg).alphas_cumprod.to(torch.float32)
-        images = train.images * 2 - 1
+        pool: dict[str, torch.Tensor] = {}  # filled at the first step: resuming a finished checkpoint needs none
 
         def step_fn(step: int) -> float:
+            if not pool:
+                parts = [train] + [train.with_manipulation(m) for m in cfg.augment if m in train.manipulations]
+                pool["x"] = torch.cat([d.x for d in parts])
+                pool["images"] = torch.cat([d.images for d in parts]) * 2 - 1
             g = step_generator(info.seed, step, "featinv")
             b = cfg.batch_size
             idx = torch.randint(len(train), (b,), generator=g)
-            x, y = train.x[idx], images[idx].contiguous(memory_format=fmt)
+            if len(pool["x"]) > len(train):  # rows past len(train) are the manipulated pairs
+                swap = torch.rand(b, generator=g) < cfg.augment_p
+                idx = torch.where(swap, torch.randint(len(train), len(pool["x"]), (b,), generator=g), idx)
+            x, y = pool["x"][idx], pool["images"][idx].contiguous(memory_format=fmt)
             t = torch.randint(0, cfg.train_timesteps, (b,), generator=g)
             noise = torch.randn(y.shape, generator=g).contiguous(memory_format=fmt)
             keep = torch.rand(b, generator=g) >= cfg.p_uncond

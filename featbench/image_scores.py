@@ -211,21 +211,22 @@ def _rows_of(ds, rows: list[int]) -> list[tuple[str, int]]:
     return [(ids[r], int(views[r])) for r in rows]
 
 
-def manipulated_images(suite, task, backbone, rows: list[tuple[str, int]], resolution: int) -> torch.Tensor:
-    """The task's manipulated test views of `rows` ((image_id, view)) at `resolution`, uint8 N×3×R×R:
-    decoded and manipulated as `featbench.storage` builds the task data, resized as the invert
-    track's targets. Cached by key."""
+def manipulated_images(suite, task, backbone, rows: list[tuple[str, int]], resolution: int,
+                       split: str = "test") -> torch.Tensor:
+    """The task's manipulated views of a split's `rows` ((image_id, view)) at `resolution`, uint8
+    N×3×R×R: decoded and manipulated as `featbench.storage` builds the task data, resized as the
+    invert track's targets. Cached by key."""
     from featbench.inverters import _targets_spec, to_target
     from featbench.storage import _Chunk, _decode, _variant_pixels
 
-    key = sha256_json({"version": IMAGE_CACHE_VERSION, "targets": _targets_spec(suite, task.backbone, "test", resolution),
+    key = sha256_json({"version": IMAGE_CACHE_VERSION, "targets": _targets_spec(suite, task.backbone, split, resolution),
                        "manipulation": task.manipulation.spec(), "rows": rows})
 
     def make() -> torch.Tensor:
         source = suite.image_source()
         wanted = {i for i, _ in rows}
-        records = [r for r in split_by_name(source.records, suite.n_test)["test"] if r.image_id in wanted]
-        decoded = _decode(suite, source, backbone, _Chunk("test", 0, tuple(records)))
+        records = [r for r in split_by_name(source.records, suite.n_test)[split] if r.image_id in wanted]
+        decoded = _decode(suite, source, backbone, _Chunk(split, 0, tuple(records)))
         position = {(i, v): k for k, (i, v) in enumerate(zip(decoded.ids, decoded.view_ix))}
         pixels = next(_variant_pixels(suite, decoded, [task.manipulation]))
         return to_target(pixels[[position[r] for r in rows]], resolution)

@@ -86,11 +86,30 @@ def invert_info(suite: Suite, task: Task, data: TaskData, cfg: RunConfig) -> Inv
 
 
 def invert_data(suite: Suite, data: TaskData, info: InvertInfo, resolution: int, split: str = "train") -> InvertData:
-    """A split's maps with their true images at `resolution` (N×3×R×R floats in [0, 1])."""
+    """A split's maps with their true images at `resolution` (N×3×R×R floats in [0, 1]); the
+    training split also offers its pairs under the suite's manipulations (`InvertData.with_manipulation`)."""
     ds = getattr(data, split)
     ids, views = list(ds["image_id"]), [int(v) for v in ds["view"]]
     images = aligned_targets(suite, info.backbone, split, [resolution], ids, views)[resolution]
-    return InvertData(info, _as_tensor(ds, "x"), as_unit(images), ids, views, _as_tensor(ds, "x_prefix"))
+    out = InvertData(info, _as_tensor(ds, "x"), as_unit(images), ids, views, _as_tensor(ds, "x_prefix"))
+    if split == "train" and "map" in suite.tracks:
+        out.manipulations = tuple(m.name for m in suite.manipulations)
+        out._load_manipulated = lambda name: _manipulated_train_data(suite, info, resolution, name)
+    return out
+
+
+def _manipulated_train_data(suite: Suite, info: InvertInfo, resolution: int, name: str) -> InvertData:
+    """The map task's training rows: its targets y (the maps of the manipulated images) with the
+    manipulated images as true images."""
+    from featbench.backbones import load_backbone
+    from featbench.image_scores import manipulated_images
+
+    task = suite.get_task(f"map/{info.backbone}/{info.layer}/{name}")
+    ds = load_task(suite, task).train
+    ids, views = list(ds["image_id"]), [int(v) for v in ds["view"]]
+    images = manipulated_images(suite, task, load_backbone(info.backbone), list(zip(ids, views)), resolution,
+                                split="train")
+    return InvertData(info, _as_tensor(ds, "y"), as_unit(images), ids, views, _as_tensor(ds, "y_prefix"))
 
 
 # --- checks and inversion ----------------------------------------------------------------------

@@ -79,7 +79,8 @@ class InvertData:
     """Training pairs: maps x (N×C×h×w float32) and their images (N×3×R×R float32 in [0, 1]).
 
     For ViTs, x_prefix holds the class-token prefix (N×C×k). `batches` yields mini-batches of
-    (x, images); `split` holds out whole images for validation.
+    (x, images); `split` holds out whole images for validation. The training split offers more
+    pairs of the same images: `with_manipulation(name)` for each of `manipulations`.
     """
 
     info: InvertInfo
@@ -88,6 +89,17 @@ class InvertData:
     image_ids: list[str]
     views: list[int]
     x_prefix: torch.Tensor | None = None
+    manipulations: tuple[str, ...] = ()  # the names `with_manipulation` accepts
+    _load_manipulated: Callable[[str], "InvertData"] | None = field(default=None, repr=False, compare=False)
+
+    def with_manipulation(self, name: str) -> "InvertData":
+        """The same training images under the suite's manipulation `name` (``hflip``, ``hue60``...):
+        their maps from the map track's training split, their images manipulated alike, as extra
+        training pairs (the test images stay held out). Loaded on demand; images cached."""
+        if self._load_manipulated is None or name not in self.manipulations:
+            raise DataError(f"{self.info.task_id}: no training pairs under manipulation {name!r}; "
+                            f"these data offer {list(self.manipulations) or 'none'}")
+        return self._load_manipulated(name)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -104,6 +116,7 @@ class InvertData:
             yield self.x[idx], self.images[idx]
 
     def subset(self, index: torch.Tensor) -> "InvertData":
+        # Without manipulated pairs: they cover every training image, held-out ones included.
         rows = index.tolist()
         return InvertData(self.info, self.x[index], self.images[index], [self.image_ids[i] for i in rows],
                           [self.views[i] for i in rows], None if self.x_prefix is None else self.x_prefix[index])

@@ -20,6 +20,7 @@ from featbench.evaluation import RunConfig
 from featbench.invert_evaluation import evaluate_invert_task, invert_data, invert_info, run_invert_track
 from featbench.inverters import InvertData, InvertInfo, registered_inverters, resolve_inverter, target_images
 from featbench.results import validate_result
+from featbench.storage import column_array
 from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite
 
 CFG = RunConfig(seed=0, n_boot=20, time_budget_s=60)
@@ -107,6 +108,25 @@ def test_targets_are_each_rows_own_view_and_cached(suite, in_suite_cache):
     assert cached
     again, _ = target_images(suite, TINY_CNN, "test", [64])
     assert torch.equal(again[64], full[64])
+
+
+def test_training_pairs_under_a_manipulation(suite, in_suite_cache):
+    """with_manipulation gives the map task's training targets with the manipulated images, row by row."""
+    data = fb.load_task(suite, TASK)
+    train = invert_data(suite, data, invert_info(suite, suite.get_task(TASK), data, CFG), 32)
+    assert train.manipulations == ("rot90", "noise40", "mask_tl_red")
+    rot = train.with_manipulation("rot90")
+    mapped = fb.load_task(suite, f"map/{TINY_CNN}/blocks.3/rot90").train
+    assert rot.image_ids == train.image_ids and rot.views == train.views
+    assert torch.equal(rot.x, torch.from_numpy(column_array(mapped, "y")).float())
+    # Rotating then resizing equals resizing then rotating, up to the 8-bit rounding of targets.
+    assert (rot.images - torch.rot90(train.images, 1, dims=(-2, -1))).abs().max() <= 1.01 / 255
+    with pytest.raises(fb.DataError, match="hflip"):
+        train.with_manipulation("hflip")
+    with pytest.raises(fb.DataError, match="none"):  # a subset may hold out images: it offers none
+        train.subset(torch.arange(3)).with_manipulation("rot90")
+    test = invert_data(suite, data, invert_info(suite, suite.get_task(TASK), data, CFG), 32, "test")
+    assert test.manipulations == ()
 
 
 # -- checkpoints --------------------------------------------------------------------------------
