@@ -39,7 +39,7 @@ from featbench.hashing import sha256_json, sha256_tensors
 from featbench.images import seed_for
 from featbench.paths import cache_dir
 from featbench.mappers import MapData, Mapper, TaskInfo, source_sha256
-from featbench.results import environment_info, git_commit, read_result, write_result
+from featbench.results import check_writable, environment_info, git_commit, read_result, write_result
 from featbench.storage import TaskData, column_array, load_task
 from featbench.suites import Suite, Task
 
@@ -348,6 +348,7 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], dict
         "environment": environment_info(device), "started_at": started, "duration_s": previous_duration,
         "tasks": kept,
     }
+    check_writable(out, record)
     run_start = time.perf_counter()
     bar = tqdm(tasks, desc=f"{model['name']} on {suite.name} ({track})", unit="task", disable=not progress)
     for task in bar:

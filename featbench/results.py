@@ -135,10 +135,21 @@ def _check_same_run(path: Path, record: dict[str, Any]) -> None:
         existing = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ResultError(f"{path} exists and is not a readable result file ({e}); "
-                          "refusing to overwrite it (pass overwrite=True to replace it)") from e
+                          f"refusing to overwrite it ({_REPLACE})") from e
     if _run_identity(existing) != _run_identity(record):
         raise ResultError(f"{path} holds the result of {_describe(_run_identity(existing))}; refusing to "
-                          f"overwrite it with {_describe(_run_identity(record))} (pass overwrite=True to replace it)")
+                          f"overwrite it with {_describe(_run_identity(record))} ({_REPLACE})")
+
+
+_REPLACE = "move it away or write elsewhere (featbench run --out); write_result(..., overwrite=True) replaces it"
+
+
+def check_writable(path: str | Path, obj: dict[str, Any]) -> None:
+    """Raise `ResultError` now if `write_result(path, obj)` would refuse to replace the file there,
+    so that a run finds out before it scores anything."""
+    path = Path(path)
+    if path.exists():
+        _check_same_run(path, obj)
 
 
 def write_result(path: str | Path, obj: dict[str, Any], *, overwrite: bool = False) -> dict[str, Any]:

@@ -238,10 +238,16 @@ def test_rerun_never_overwrites_another_models_file(suite, tmp_path):
     run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_CNN}/blocks.1/rot90"), out, CFG,
                   progress=False)
     before = out.read_bytes()
-    with pytest.raises(fb.FeatbenchError, match="refusing to overwrite"):
-        run_map_track(resolve_model("linear"), suite, suite.select(f"map/{TINY_CNN}/blocks.1/rot90"), out, CFG,
-                      progress=False)
-    assert out.read_bytes() == before
+    fitted = []
+
+    class CountingLinear(resolve_model("linear")):  # the run must refuse before it fits anything
+        def fit(self, *args, **kwargs):
+            fitted.append(1)
+            return super().fit(*args, **kwargs)
+
+    with pytest.raises(fb.FeatbenchError, match="refusing to overwrite.*--out"):
+        run_map_track(CountingLinear, suite, suite.select(f"map/{TINY_CNN}/blocks.1/rot90"), out, CFG, progress=False)
+    assert out.read_bytes() == before and fitted == []
     json.loads(before)
 
 
