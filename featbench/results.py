@@ -130,6 +130,10 @@ def _describe(identity: tuple[Any, ...]) -> str:
     return f"model {model!r} version {model_version!r} on suite {suite!r} version {suite_version!r}"
 
 
+# How to get past a refusal to overwrite, for a CLI user and a Python one.
+_REPLACE = "move it away or write elsewhere (featbench run --out); write_result(..., overwrite=True) replaces it"
+
+
 def _check_same_run(path: Path, record: dict[str, Any]) -> None:
     try:
         existing = json.loads(path.read_text(encoding="utf-8"))
@@ -139,9 +143,6 @@ def _check_same_run(path: Path, record: dict[str, Any]) -> None:
     if _run_identity(existing) != _run_identity(record):
         raise ResultError(f"{path} holds the result of {_describe(_run_identity(existing))}; refusing to "
                           f"overwrite it with {_describe(_run_identity(record))} ({_REPLACE})")
-
-
-_REPLACE = "move it away or write elsewhere (featbench run --out); write_result(..., overwrite=True) replaces it"
 
 
 def check_writable(path: str | Path, obj: dict[str, Any]) -> None:
