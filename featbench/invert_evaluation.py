@@ -94,20 +94,21 @@ def invert_data(suite: Suite, data: TaskData, info: InvertInfo, resolution: int,
     out = InvertData(info, _as_tensor(ds, "x"), as_unit(images), ids, views, _as_tensor(ds, "x_prefix"))
     if split == "train" and "map" in suite.tracks:
         out.manipulations = tuple(m.name for m in suite.manipulations)
-        out._load_manipulated = lambda name: _manipulated_train_data(suite, info, resolution, name)
+        models = _Tails()  # the backbone (for its preprocessing), loaded once for all manipulations
+        out._load_manipulated = lambda name: _manipulated_train_data(suite, info, resolution, name, models)
     return out
 
 
-def _manipulated_train_data(suite: Suite, info: InvertInfo, resolution: int, name: str) -> InvertData:
+def _manipulated_train_data(suite: Suite, info: InvertInfo, resolution: int, name: str,
+                            models: _Tails) -> InvertData:
     """The map task's training rows: its targets y (the maps of the manipulated images) with the
     manipulated images as true images."""
-    from featbench.backbones import load_backbone
     from featbench.image_scores import manipulated_images
 
     task = suite.get_task(f"map/{info.backbone}/{info.layer}/{name}")
     ds = load_task(suite, task).train
     ids, views = list(ds["image_id"]), [int(v) for v in ds["view"]]
-    images = manipulated_images(suite, task, load_backbone(info.backbone), list(zip(ids, views)), resolution,
+    images = manipulated_images(suite, task, models.backbone(info.backbone), list(zip(ids, views)), resolution,
                                 split="train")
     return InvertData(info, _as_tensor(ds, "y"), as_unit(images), ids, views, _as_tensor(ds, "y_prefix"))
 
