@@ -39,7 +39,7 @@ from featbench.hashing import sha256_json, sha256_tensors
 from featbench.images import seed_for
 from featbench.paths import cache_dir
 from featbench.mappers import MapData, Mapper, TaskInfo, source_sha256
-from featbench.results import check_writable, environment_info, git_commit, read_result, write_result
+from featbench.results import ResultError, check_writable, environment_info, git_commit, read_result, write_result
 from featbench.storage import TaskData, column_array, load_task
 from featbench.suites import Suite, Task
 
@@ -333,10 +333,18 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], dict
     previous_duration = 0.0
     if out.exists():
         prev = read_result(out)
-        same = (prev["track"], prev["model"]["name"], prev["model"]["version"], prev["suite"]["name"],
-                prev["suite"]["version"], prev["seed"])
-        if same == (track, model["name"], model["version"], suite.name, suite.version, cfg.seed) \
-                and prev["model"]["source_sha256"] == model["source_sha256"]:
+        same_run = (prev["model"]["name"], prev["model"]["version"], prev["suite"]["name"], prev["suite"]["version"]) \
+            == (model["name"], model["version"], suite.name, suite.version)
+        changed = [f"{what} {a!r} → {b!r}" for what, a, b in (
+            ("track", prev["track"], track), ("seed", prev["seed"], cfg.seed),
+            ("model source sha256", prev["model"]["source_sha256"], model["source_sha256"])) if a != b]
+        if same_run and changed and prev["tasks"]:
+            # Starting over would drop the file's records of tasks this run does not score.
+            raise ResultError(f"{out} holds {len(prev['tasks'])} task record(s) of {model['name']} "
+                              f"version {model['version']} that this run cannot resume ({'; '.join(changed)}); "
+                              "refusing to start the file over: bump the model's version, or move the file "
+                              "away or write elsewhere (featbench run --out)")
+        if same_run and not changed:
             done = {t["task_id"]: t for t in prev["tasks"] if t["status"] == "ok"}
             selected = {t.id for t in tasks}
             kept = [t for t in prev["tasks"] if t["task_id"] not in selected]

@@ -251,6 +251,24 @@ def test_rerun_never_overwrites_another_models_file(suite, tmp_path):
     json.loads(before)
 
 
+def test_a_changed_model_never_silently_starts_its_file_over(suite, tmp_path, monkeypatch):
+    """A run that cannot resume a file of the same model (its source changed) refuses, rather than
+    starting over and dropping the file's records of the tasks it does not score."""
+    out = tmp_path / "identity.json"
+    run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_CNN}/blocks.1/*"), out, CFG,
+                  progress=False)
+    before = out.read_bytes()
+    monkeypatch.setattr(evaluation, "source_sha256", lambda probe: "0" * 64)  # as after an edit of its code
+    with pytest.raises(fb.FeatbenchError, match=r"cannot resume \(model source sha256 .* → '0{64}'\).*--out"):
+        run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_VIT}/blocks.1/rot90"), out, CFG,
+                      progress=False)
+    assert out.read_bytes() == before
+    with pytest.raises(fb.FeatbenchError, match=r"seed 0 → 1"):
+        run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_VIT}/blocks.1/rot90"), out,
+                      RunConfig(seed=1, n_boot=CFG.n_boot, time_budget_s=CFG.time_budget_s), progress=False)
+    assert out.read_bytes() == before
+
+
 def test_cli_validate_refuses_a_tampered_file(suite, tmp_path, capsys):
     from featbench.cli import main
 
