@@ -20,7 +20,7 @@ from tests.conftest import TINY_CNN
 from tests.test_inverters import TASK, in_suite_cache, suite  # noqa: F401  (module fixtures)
 
 TINY = dict(resolution=16, patch=2, channels=(8, 16), cond_hidden=4, decoder_width=8, batch_size=4,
-            train_timesteps=50, steps=3, checkpoint_every=2, warmup_steps=2)
+            train_timesteps=50, steps=3, checkpoint_every=2, warmup_steps=2, decoder_lpips=0.0)
 
 
 @pytest.fixture(autouse=True)
@@ -127,6 +127,19 @@ def test_tiny_resume_equals_uninterrupted_and_sampling_is_seeded(tmp_path):
     assert torch.equal(fresh.invert(data.x[:3]), out)
     assert fresh.invert_unconditional(2).shape == (2, 3, 16, 16)
     assert fresh.describe()["sampler"] == "DDIM eta=0, 3 steps, guidance 2.0"
+
+
+def test_tiny_base_decoder_is_trained_with_lpips(tmp_path):
+    """The preset's base decoder learns from MSE plus LPIPS (alex): at the same first step the loss
+    grows by the LPIPS of the untrained base, and the decoder's weights move differently."""
+    data = _data(r=32)
+    cfg = TINY | {"resolution": 32}
+    plain, sharp = FeatInvTiny(**cfg), FeatInvTiny(**cfg | {"decoder_lpips": 1.0})
+    first = [inv.train(data, directory=tmp_path / str(i), max_steps=1).losses[0]
+             for i, inv in enumerate((plain, sharp))]
+    assert 0.05 < first[1] - first[0] < 1.0  # LPIPS of a random decoder's images to the true ones
+    a, b = plain.model.decoder.state_dict(), sharp.model.decoder.state_dict()
+    assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith("inp"))
 
 
 def test_suite_pins_the_sampler(tmp_path):
