@@ -235,12 +235,15 @@ def _reference_points(task: Task, tails: _Tails, test: MapData, target_key: str,
 
 
 def new_task_record(task: Task, data: TaskData, cfg: RunConfig, notes: list[str] | None = None) -> dict[str, Any]:
-    """A task's record in a result file, before it is fitted and scored."""
+    """A task's record in a result file, before it is fitted and scored. Its first note gives the
+    threads it is scored with: the file's `environment` is that of its last run only, and a
+    resumed file can hold tasks scored under different settings (fit_s and predict_per_s vary)."""
     return {
         "task_id": task.id, "task_version": task.version, "task_sha256": data.content_sha256,
         "category": task.category, "backbone": task.backbone, "layer": task.layer,
         "n_train": len(data.train), "n_test": len(data.test), "fit_s": None, "predict_per_s": None,
-        "time_budget_s": cfg.time_budget_s, "metrics": {}, "reference_points": {}, "notes": list(notes or []),
+        "time_budget_s": cfg.time_budget_s, "metrics": {}, "reference_points": {},
+        "notes": [f"threads: {torch.get_num_threads()}", *(notes or [])],
     }
 
 

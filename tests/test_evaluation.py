@@ -223,10 +223,19 @@ def test_interrupted_run_resumes_from_scored_tasks(suite, tmp_path, monkeypatch)
 def test_a_run_of_some_tasks_keeps_the_files_other_tasks(suite, tmp_path):
     """Scoring a suite one backbone at a time builds up one file; no run drops earlier tasks."""
     out = tmp_path / "identity.json"
-    first = run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_VIT}/blocks.1/*"), out, CFG,
-                          progress=False)
-    both = run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_CNN}/blocks.1/*"), out, CFG,
-                         progress=False)
+    threads = torch.get_num_threads()
+    try:  # the two runs use different thread counts; each task record says which it had
+        torch.set_num_threads(1)
+        first = run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_VIT}/blocks.1/*"), out,
+                              CFG, progress=False)
+        torch.set_num_threads(2)
+        both = run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_CNN}/blocks.1/*"), out,
+                             CFG, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert both["environment"]["threads"] == 2
+    assert {t["notes"][0] for t in both["tasks"] if TINY_VIT in t["task_id"]} == {"threads: 1"}
+    assert {t["notes"][0] for t in both["tasks"] if TINY_CNN in t["task_id"]} == {"threads: 2"}
     expected = [t.id for t in suite.select("map/*/blocks.1/*")]
     assert [t["task_id"] for t in both["tasks"]] == expected  # the suite's order, whatever the runs' order
     vit = {t["task_id"]: t for t in both["tasks"] if TINY_VIT in t["task_id"]}
