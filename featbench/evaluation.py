@@ -39,7 +39,8 @@ from featbench.hashing import sha256_json, sha256_tensors
 from featbench.images import seed_for
 from featbench.paths import cache_dir
 from featbench.mappers import MapData, Mapper, TaskInfo, source_sha256
-from featbench.results import ResultError, check_writable, environment_info, git_commit, read_result, write_result
+from featbench.results import (ResultError, check_writable, environment_info, git_commit, read_result, run_identity,
+                               write_result)
 from featbench.storage import TaskData, column_array, load_task
 from featbench.suites import Suite, Task
 
@@ -336,8 +337,7 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], dict
     previous_duration = 0.0
     if out.exists():
         prev = read_result(out)
-        same_run = (prev["model"]["name"], prev["model"]["version"], prev["suite"]["name"], prev["suite"]["version"]) \
-            == (model["name"], model["version"], suite.name, suite.version)
+        same_run = run_identity(prev) == run_identity({"model": model, "suite": suite.result_identity()})
         changed = [f"{what} {a!r} → {b!r}" for what, a, b in (
             ("track", prev["track"], track), ("seed", prev["seed"], cfg.seed),
             ("model source sha256", prev["model"]["source_sha256"], model["source_sha256"])) if a != b]

@@ -117,7 +117,7 @@ def read_result(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-def _run_identity(obj: Any) -> tuple[Any, ...]:
+def run_identity(obj: Any) -> tuple[Any, ...]:
     """What makes two records results of the same run: model name/version, suite name/version."""
     model = obj.get("model") if isinstance(obj, dict) else None
     suite = obj.get("suite") if isinstance(obj, dict) else None
@@ -140,9 +140,9 @@ def _check_same_run(path: Path, record: dict[str, Any]) -> None:
     except (OSError, ValueError) as e:
         raise ResultError(f"{path} exists and is not a readable result file ({e}); "
                           f"refusing to overwrite it ({_REPLACE})") from e
-    if _run_identity(existing) != _run_identity(record):
-        raise ResultError(f"{path} holds the result of {_describe(_run_identity(existing))}; refusing to "
-                          f"overwrite it with {_describe(_run_identity(record))} ({_REPLACE})")
+    if run_identity(existing) != run_identity(record):
+        raise ResultError(f"{path} holds the result of {_describe(run_identity(existing))}; refusing to "
+                          f"overwrite it with {_describe(run_identity(record))} ({_REPLACE})")
 
 
 def check_writable(path: str | Path, obj: dict[str, Any]) -> None:
