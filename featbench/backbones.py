@@ -274,24 +274,27 @@ class Backbone:
             raise UnknownNameError(f"backbone {self.name!r} has no layer {', '.join(map(repr, unknown))}; "
                                    f"layers: {', '.join(self.cut_layers)}")
 
-    def _extractor(self, layers: tuple[str, ...]) -> Callable:
-        if layers not in self._extractors:
+    def _extractor(self, layers: tuple[str, ...], compiled: bool) -> Callable:
+        if (layers, compiled) not in self._extractors:
             ext = _Extractor([s for _, s in self._stages], [self._index[layer] for layer in layers])
-            self._extractors[layers] = _compile_frozen(ext) if self._compile else ext
-        return self._extractors[layers]
+            self._extractors[layers, compiled] = _compile_frozen(ext) if compiled else ext
+        return self._extractors[layers, compiled]
 
-    @torch.inference_mode()
-    def features(self, x: torch.Tensor, layers: Sequence[str],
-                 dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    def features(self, x: torch.Tensor, layers: Sequence[str], dtype: torch.dtype | None = None, *,
+                 differentiable: bool = False) -> dict[str, torch.Tensor]:
         """Feature maps {layer: N×C×h×w} of a preprocessed batch; ViT maps carry ``.prefix``.
 
         `dtype` converts the maps (e.g. float16 for storage) in the same pass that lays them out.
+        `differentiable` keeps autograd on (the weights stay frozen), for inverters that steer an
+        image towards a map; it always runs the eager network (the compiled one has frozen graphs).
         """
         layers = list(layers)
         self._check_layers(layers)
         order = tuple(sorted(set(layers), key=self._index.__getitem__))
-        outs = dict(zip(order, self._extractor(order)(x.contiguous(memory_format=self.input_memory_format))))
-        return {layer: self._to_map(outs[layer], dtype or outs[layer].dtype) for layer in layers}
+        extract = self._extractor(order, self._compile and not differentiable)
+        with torch.inference_mode(not differentiable):
+            outs = dict(zip(order, extract(x.contiguous(memory_format=self.input_memory_format))))
+            return {layer: self._to_map(outs[layer], dtype or outs[layer].dtype) for layer in layers}
 
     def _to_map(self, out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         # One copy per tensor: converting and re-laying out together moves the bytes once.

@@ -244,8 +244,24 @@ def new_task_record(task: Task, data: TaskData, cfg: RunConfig, notes: list[str]
         "category": task.category, "backbone": task.backbone, "layer": task.layer,
         "n_train": len(data.train), "n_test": len(data.test), "fit_s": None, "predict_per_s": None,
         "time_budget_s": cfg.time_budget_s, "metrics": {}, "reference_points": {},
-        "notes": [f"threads: {torch.get_num_threads()}", *(notes or [])],
+        "notes": [note("threads", torch.get_num_threads()), *(notes or [])],
     }
+
+
+def note(key: str, value: Any) -> str:
+    """A task record's note of a named value (``key: value``), read back by `noted`."""
+    return f"{key}: {value}"
+
+
+def noted(record: dict, key: str) -> list[str]:
+    """The values of a record's `note(key, ...)` notes, in order."""
+    mark = note(key, "")
+    return [n[len(mark):] for n in record.get("notes", []) if n.startswith(mark)]
+
+
+def add_described_notes(record: dict, described: dict, keys: tuple[str, ...]) -> None:
+    """Note the model's own account (its ``describe()``) of each of `keys` that it gives."""
+    record["notes"].extend(note(key, described[key]) for key in keys if described.get(key) is not None)
 
 
 def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, cfg: RunConfig,
@@ -286,9 +302,7 @@ def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, c
         record["linear_structure"] = metrics.linear_structure(W, b, test.x)
     if described.get("n_params") is not None:
         record["n_params"] = int(described["n_params"])
-    for key in ("stopped_by", "ridge", "epochs", "steps"):
-        if key in described:
-            record["notes"].append(f"{key}: {described[key]}")
+    add_described_notes(record, described, ("stopped_by", "ridge", "epochs", "steps"))
     record["status"] = "ok"
     return record
 

@@ -50,8 +50,8 @@ from featbench import metrics
 from featbench.checkpoints import read_record
 from featbench.errors import FeatbenchError
 from featbench.evaluation import (
-    RunConfig, _as_tensor, _seed_everything, _Tails, _with_prefix, timed_fit,
-    model_identity, new_task_record, run_tasks,
+    RunConfig, _as_tensor, _seed_everything, _Tails, _with_prefix, add_described_notes, model_identity,
+    new_task_record, noted, run_tasks, timed_fit,
 )
 from featbench.hashing import sha256_json
 from featbench.images import seed_for
@@ -268,21 +268,9 @@ def evaluate_invert_task(factory: Callable[[], Inverter], suite: Suite, task: Ta
     described = inverter.describe() if hasattr(inverter, "describe") else {}
     if described.get("n_params") is not None:
         record["n_params"] = int(described["n_params"])
-    for key in ("steps", "stopped_by", "sampler", "weights_sha256"):
-        if described.get(key) is not None:
-            record["notes"].append(_note(key, described[key]))
+    add_described_notes(record, described, ("steps", "stopped_by", "sampler", "weights_sha256"))
     record["status"] = "ok"
     return record
-
-
-def _note(key: str, value: Any) -> str:
-    return f"{key}: {value}"
-
-
-def _noted(record: dict, key: str) -> list[str]:
-    """The values of a record's `_note(key, ...)` notes, in order."""
-    mark = _note(key, "")
-    return [n[len(mark):] for n in record.get("notes", []) if n.startswith(mark)]
 
 
 def run_invert_track(factory: Callable[[], Inverter], suite: Suite, tasks: list[Task], out: str | Path,
@@ -300,7 +288,7 @@ def scored_current_checkpoint(suite: Suite, task: Task, inverter: str, record: d
     """Whether a kept task record still stands for the inverter's checkpoint in the cache: False
     when `train-inverter` has since left a checkpoint other than the one the record names (so a
     resumed run scores the new training); True when the record names none or no checkpoint is here."""
-    named = _noted(record, "weights_sha256")
+    named = noted(record, "weights_sha256")
     latest = read_record(checkpoint_dir(suite.name, task.backbone, task.layer, inverter))
     return not named or latest is None or latest["latest"]["sha256"] == named[-1]
 

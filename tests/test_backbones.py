@@ -49,6 +49,19 @@ def test_vit_maps_carry_a_prefix_and_the_tail_needs_it():
         bb.tail("blocks.1", fmap.clone())
 
 
+@pytest.mark.parametrize("name", [TINY_CNN, TINY_VIT])
+def test_differentiable_features_are_the_same_maps_with_gradients(name):
+    """What feature guidance relies on: the same maps, and a gradient to the input image."""
+    bb = fb.load_backbone(name)
+    x = bb.preprocess(_photos()).requires_grad_(True)
+    layer = bb.cut_layers[-1]
+    with torch.inference_mode():  # as under the evaluator: the flag turns it off
+        got = bb.features(x, [layer], differentiable=True)[layer]
+    torch.testing.assert_close(got.detach(), bb.features(x, [layer])[layer])
+    grad, = torch.autograd.grad(got.square().sum(), x)
+    assert grad.shape == x.shape and grad.abs().sum() > 0
+
+
 def test_unknown_layer_and_backbone_are_clear_errors():
     bb = fb.load_backbone(TINY_CNN)
     with pytest.raises(fb.UnknownNameError, match="blocks.9.*layers: blocks.0"):
