@@ -54,7 +54,19 @@ ignored the condition after 20 minutes; the changes that make the condition lear
   gap of 0.070, the ``decoder`` baseline (MSE + LPIPS) 0.138 on all 200, and guidance did not make
   up for it (w = 1 / 2 / 3 / 5: gap 0.100 / 0.121 / 0.110 / 0.070). So the base decoder is
   trained with LPIPS too (`decoder_lpips`), as the ``decoder`` baseline is, and the conditioning
-  block is twice as wide (`cond_hidden` 64) for the 320-channel lite0 map.
+  block is twice as wide (`cond_hidden` 64) for the 320-channel lite0 map;
+- *feature guidance* (version 4, sampling only: the same weights): version 3's lite0 samples
+  followed layout and colour, but the classifier read no class in them (top-1 agreement 0.000,
+  feature cosine 0.044). From 75 % of the DDIM steps on, x̂₀ takes a step of RMS 0.05 down the
+  gradient of the cosine distance between the backbone's map of x̂₀ and the given one
+  (`feature_guidance`, `feature_guidance_from`), the backbone being the task's own. A probe of
+  64 lite0 blocks.6 test images: unguided LPIPS 0.414, gap 0.133, top-1 agreement 0.000,
+  feature cosine 0.051; guided (0.05 from 75 %) 0.412 / 0.135 / 0.359 / 0.407; from 50 % the
+  same top-1 at twice the backbone passes; a step of 0.1 worse on every score (32 images); 4
+  steps per DDIM step from 90 % top-1 0.703 (above the true 64-px image's 0.620: the samples
+  then match the classifier's own features more than a picture does), LPIPS 0.426. On lite0 the
+  suite's classifier is the guiding backbone itself, so its top-1 agreement there is partly the
+  guidance's own target; on dinov2 it is an independent check.
 
 The tiny preset's checkpoints (safetensors with a sha256 record, resumable) live in
 ``<cache>/inverters/<suite>/<backbone>/<layer>/featinv-tiny/``; ``featbench train-inverter``
@@ -75,6 +87,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from baselines.decoder import ChannelStandardizer, UpConvDecoder, lpips_loss
+from featbench.backbones import Backbone, load_backbone
 from featbench.checkpoints import TrainingReport, run_training, step_generator
 from featbench.images import seed_for
 from featbench.inverters import CheckpointedInverter, InvertData, InvertInfo, checkpoint_dir, resize_images
@@ -199,6 +212,16 @@ class FeatInvTinyConfig:
     # the suite lacks are skipped), drawn for `augment_p` of each batch.
     augment: tuple[str, ...] = ("hflip", "vflip", "rot90", "rot180", "rot270", "hue60", "grayscale")
     augment_p: float = 0.5
+    # Feature guidance at sampling (version 4): from this fraction of the DDIM steps on, x̂₀ takes
+    # one step of this RMS size (in [-1, 1] pixel units) down the gradient of its backbone map's
+    # cosine distance to the given map. 0: off.
+    feature_guidance: float = 0.05
+    feature_guidance_from: float = 0.75
+
+
+# Settings that steer sampling only: kept out of the checkpoint identity, so that trained weights
+# serve a new sampler (``steps`` and ``guidance`` predate this and stay in it).
+SAMPLING_ONLY = ("feature_guidance", "feature_guidance_from")
 
 
 class TinyDenoiser(nn.Module):
@@ -258,7 +281,8 @@ def _scheduler(cfg) -> Any:
 
 
 class FeatInvTiny(_FeatInv):
-    name, version = "featinv-tiny", "3"
+    name, version = "featinv-tiny", "4"
+    weights_version = "3"  # what its checkpoints hold: bumped when training changes, not sampling
     config = FeatInvTinyConfig()
 
     def __init__(self, **overrides):
@@ -270,10 +294,12 @@ class FeatInvTiny(_FeatInv):
         self.info: InvertInfo | None = None
         self.report: TrainingReport | None = None
         self._calls = 0
+        self._backbone: Backbone | None = None
 
     def identity(self, train: InvertData) -> dict:
         i = train.info
-        return {"preset": self.name, "version": self.version, "config": asdict(self.cfg), "task": i.task_id,
+        config = {k: v for k, v in asdict(self.cfg).items() if k not in SAMPLING_ONLY}
+        return {"preset": self.name, "version": self.weights_version, "config": config, "task": i.task_id,
                 "suite": i.suite, "data_sha256": i.data_sha256, "seed": i.seed}
 
     def build(self, info: InvertInfo) -> _TinyModel:
@@ -357,7 +383,9 @@ class FeatInvTiny(_FeatInv):
         mean = m.mean_image.expand(n, -1, -1, -1)
         base = m.base(feats) if feats is not None else mean
         keep = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])
-        for t in sched.timesteps:
+        steered = feats is not None and self.cfg.feature_guidance > 0
+        steer_from = steps * self.cfg.feature_guidance_from if steered else steps
+        for i, t in enumerate(sched.timesteps):
             tt = torch.full((n,), int(t))
             if feats is None:
                 x0 = mean + m.denoiser(z, tt, mean)
@@ -368,8 +396,35 @@ class FeatInvTiny(_FeatInv):
                                   torch.cat([feats, feats]), keep)
                 x0_c, x0_u = base + both[:n], mean + both[n:]
                 x0 = x0_u + w * (x0_c - x0_u)
+            if i >= steer_from:
+                x0 = self._steer(x0, feats)
             z = sched.step(x0, t, z, eta=0.0).prev_sample
         return ((z.clamp(-1, 1) + 1) / 2).contiguous()
+
+    def describe(self) -> dict:
+        out = super().describe()
+        g = self.cfg.feature_guidance
+        if "sampler" in out and g:
+            out["sampler"] += f", feature guidance {g} from {self.cfg.feature_guidance_from:.0%} of the steps"
+        return out
+
+    def _steer(self, x0: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """Feature guidance: one normalised gradient step on x̂₀ (in [-1, 1]) towards the image
+        whose backbone map at the task's layer has the given map's direction at every position."""
+        info = self.info
+        # The evaluator inverts under inference mode; autograd needs ordinary tensors (the
+        # backbone's weights among them: loaded here, they would otherwise be inference tensors).
+        with torch.inference_mode(False), torch.enable_grad():
+            if self._backbone is None:
+                self._backbone = load_backbone(info.backbone)
+            bb = self._backbone
+            x = x0.clone().requires_grad_(True)
+            pixels = resize_images((x.clamp(-1, 1) + 1) * 127.5, bb.spec.preprocessing.crop)
+            got = bb.features(bb.normalize(pixels), [info.layer], differentiable=True)[info.layer]
+            loss = (1 - F.cosine_similarity(got.float(), feats.clone(), dim=1)).flatten(1).mean(1).sum()
+            grad, = torch.autograd.grad(loss, x)
+        rms = grad.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12).view(-1, 1, 1, 1)
+        return x0 - self.cfg.feature_guidance * grad / rms
 
     def _trained(self) -> nn.Module | None:
         return self.model

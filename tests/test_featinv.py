@@ -11,16 +11,18 @@ import torch
 from baselines.featinv import (
     FeatInvConditioning, FeatInvSD, FeatInvTiny, FeatInvTinyConfig, SDComponents, TinyDenoiser,
 )
+from featbench.backbones import Backbone, load_backbone
 from featbench.checkpoints import CheckpointError, read_record
 from featbench.evaluation import RunConfig
 from featbench.invert_evaluation import run_invert_track
-from featbench.inverters import InvertData, InvertInfo
+from featbench.inverters import InvertData, InvertInfo, resize_images
 from featbench.results import validate_result
 from tests.conftest import TINY_CNN
 from tests.test_inverters import TASK, in_suite_cache, suite  # noqa: F401  (module fixtures)
 
 TINY = dict(resolution=16, patch=2, channels=(8, 16), cond_hidden=4, decoder_width=8, batch_size=4,
-            train_timesteps=50, steps=3, checkpoint_every=2, warmup_steps=2, decoder_lpips=0.0)
+            train_timesteps=50, steps=3, checkpoint_every=2, warmup_steps=2, decoder_lpips=0.0,
+            feature_guidance=0.0)  # the maps of `_data` are of no real backbone
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +64,7 @@ class TinySD(FeatInvSD):
 
 
 class TinyFeatInv(FeatInvTiny):
-    config = FeatInvTinyConfig(**{**TINY, "resolution": 32, "max_steps": 3})
+    config = FeatInvTinyConfig(**{**TINY, "resolution": 32, "max_steps": 3, "feature_guidance": 0.05})
 
 
 # -- zero initialisation ------------------------------------------------------------------------
@@ -140,6 +142,38 @@ def test_tiny_base_decoder_is_trained_with_lpips(tmp_path):
     assert 0.05 < first[1] - first[0] < 1.0  # LPIPS of a random decoder's images to the true ones
     a, b = plain.model.decoder.state_dict(), sharp.model.decoder.state_dict()
     assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith("inp"))
+
+
+def _backbone_data(n: int = 6) -> tuple[InvertData, Backbone]:
+    """Training pairs whose maps are the tiny random backbone's own (feature guidance needs them)."""
+    bb = load_backbone(TINY_CNN)
+    images = torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    x = bb.features(bb.normalize(resize_images(images, 64) * 255), ["blocks.3"])["blocks.3"]
+    info = InvertInfo(f"invert/{TINY_CNN}/blocks.3", "s", TINY_CNN, "blocks.3", tuple(x.shape[1:]), None, 16, 11,
+                      None, "data-hash")
+    return InvertData(info, x, images, [f"i{i}" for i in range(n)], [0] * n), bb
+
+
+def test_feature_guidance_steers_samples_towards_the_given_maps(tmp_path):
+    """Guided samples' backbone maps point closer to the given maps than unguided ones from the same
+    noise; guidance works under the evaluator's inference mode, and needs no retraining: it stays
+    out of the checkpoint identity, so the weights trained without it are loaded as they are."""
+    data, bb = _backbone_data()
+    plain = FeatInvTiny(**TINY)
+    plain.train(data, directory=tmp_path, max_steps=2)
+    guided = FeatInvTiny(**TINY | {"feature_guidance": 0.5, "feature_guidance_from": 0.0})
+    report = guided.train(data, directory=tmp_path, max_steps=2)
+    assert report.start_step == 2  # loaded, nothing trained
+
+    def cosine(images):
+        maps = bb.features(bb.normalize(resize_images(images, 64) * 255), ["blocks.3"])["blocks.3"]
+        return float(torch.nn.functional.cosine_similarity(maps, data.x, dim=1).mean())
+
+    with torch.inference_mode():
+        steered = guided.invert(data.x)
+    assert cosine(steered) > cosine(plain.invert(data.x)) + 0.01
+    assert "feature guidance 0.5" in guided.describe()["sampler"]
+    assert "feature guidance" not in plain.describe()["sampler"]
 
 
 def test_suite_pins_the_sampler(tmp_path):
