@@ -56,7 +56,8 @@ from featbench.evaluation import (
 from featbench.hashing import sha256_json
 from featbench.images import seed_for
 from featbench.inverters import (
-    InvertData, InvertInfo, Inverter, aligned_targets, as_unit, checkpoint_dir, resize_images, resolve_inverter,
+    InvertData, InvertInfo, Inverter, aligned_targets, as_unit, checkpoint_dir, network_input, resize_images,
+    resolve_inverter,
 )
 from featbench.leaderboard import HEADLINE as BOARD_HEADLINE
 from featbench.paths import cache_dir
@@ -157,16 +158,13 @@ def _logits(models: _Tails, name: str, images: torch.Tensor) -> torch.Tensor:
     clf = models.backbone(name)
     if not clf.spec.has_head:
         raise FeatbenchError(f"the suite's invert classifier {name} has no classification head")
-    crop = clf.spec.preprocessing.crop
-    return _batched(lambda b: clf.model(clf.normalize(resize_images(b, crop) * 255).contiguous(
+    return _batched(lambda b: clf.model(network_input(clf, b).contiguous(
         memory_format=clf.input_memory_format)).float(), images)
 
 
 def _features(models: _Tails, task: Task, images: torch.Tensor) -> torch.Tensor:
     bb = models.backbone(task.backbone)
-    crop = bb.spec.preprocessing.crop
-    return _batched(lambda b: bb.features(bb.normalize(resize_images(b, crop) * 255), [task.layer])[task.layer].float(),
-                    images)
+    return _batched(lambda b: bb.features(network_input(bb, b), [task.layer])[task.layer].float(), images)
 
 
 def _statistics() -> dict[str, Callable]:

@@ -38,7 +38,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 import torchvision.transforms.functional as TF
@@ -51,6 +51,9 @@ from featbench.hashing import sha256_json
 from featbench.images import seed_for, split_by_name, views
 from featbench.mappers import registered_models, resolve_model, split_by_image
 from featbench.paths import cache_dir
+
+if TYPE_CHECKING:
+    from featbench.backbones import Backbone
 
 ENTRY_POINT_GROUP = "featbench.inverters"
 # Bump when the way targets are derived changes: the cache key covers it.
@@ -211,6 +214,12 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
     return TF.resize(images, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+
+
+def network_input(backbone: "Backbone", images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images of any size as `backbone`'s normalised input: resized to its crop size
+    (`resize_images`), the way the invert track shows reconstructions to a network."""
+    return backbone.normalize(resize_images(images, backbone.spec.preprocessing.crop) * 255)
 
 
 def to_target(pixels: torch.Tensor, size: int) -> torch.Tensor:

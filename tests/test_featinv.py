@@ -15,7 +15,7 @@ from featbench.backbones import Backbone, load_backbone
 from featbench.checkpoints import CheckpointError, read_record
 from featbench.evaluation import RunConfig
 from featbench.invert_evaluation import run_invert_track
-from featbench.inverters import InvertData, InvertInfo, resize_images
+from featbench.inverters import InvertData, InvertInfo, network_input
 from featbench.results import validate_result
 from tests.conftest import TINY_CNN
 from tests.test_inverters import TASK, in_suite_cache, suite  # noqa: F401  (module fixtures)
@@ -148,7 +148,7 @@ def _backbone_data(n: int = 6) -> tuple[InvertData, Backbone]:
     """Training pairs whose maps are the tiny random backbone's own (feature guidance needs them)."""
     bb = load_backbone(TINY_CNN)
     images = torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(3))
-    x = bb.features(bb.normalize(resize_images(images, 64) * 255), ["blocks.3"])["blocks.3"]
+    x = bb.features(network_input(bb, images), ["blocks.3"])["blocks.3"]
     info = InvertInfo(f"invert/{TINY_CNN}/blocks.3", "s", TINY_CNN, "blocks.3", tuple(x.shape[1:]), None, 16, 11,
                       None, "data-hash")
     return InvertData(info, x, images, [f"i{i}" for i in range(n)], [0] * n), bb
@@ -166,7 +166,7 @@ def test_feature_guidance_steers_samples_towards_the_given_maps(tmp_path):
     assert report.start_step == 2  # loaded, nothing trained
 
     def cosine(images):
-        maps = bb.features(bb.normalize(resize_images(images, 64) * 255), ["blocks.3"])["blocks.3"]
+        maps = bb.features(network_input(bb, images), ["blocks.3"])["blocks.3"]
         return float(torch.nn.functional.cosine_similarity(maps, data.x, dim=1).mean())
 
     with torch.inference_mode():
