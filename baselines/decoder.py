@@ -15,11 +15,11 @@ is trained towards it, as the design asks; the diffusion model is not.
 Cost: width 128, batch 16, 64 px: 0.53 s/step on one CPU thread shared with another job (width 256
 at batch 32 took 1.7 s/step), so the default 3000 steps take about 25 minutes per layer.
 
-Training is a resumable loop (`featbench.checkpoints.run_training`): Adam, batches drawn with
+Training is a resumable loop (`featbench.interfaces.checkpoints.run_training`): Adam, batches drawn with
 replacement from a generator seeded by (task seed, step), checkpoints in
 ``<cache>/inverters/<suite>/<backbone>/<layer>/decoder/``. ``featbench train-inverter --preset
 decoder`` trains ahead of a run, and `fit` uses that checkpoint as it is (without one, it trains
-within the task's time budget; `featbench.inverters.CheckpointedInverter`).
+within the task's time budget; `featbench.interfaces.inverter.CheckpointedInverter`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from featbench.checkpoints import TrainingReport, run_training, step_generator
-from featbench.inverters import CheckpointedInverter, InvertData, checkpoint_dir
+from featbench.interfaces import (CheckpointedInverter, InvertData, TrainingReport, checkpoint_dir, run_training,
+                                  step_generator)
+from featbench.scoring.metrics import lpips_model
 
 
 def up_stages(resolution: int, grid: int) -> int:
@@ -100,8 +101,6 @@ class DecoderConfig:
 
 def lpips_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean LPIPS v0.1 (alex) of [0, 1] images, differentiable in `pred`."""
-    from featbench.metrics import lpips_model
-
     return lpips_model("alex", pred.device)(pred * 2 - 1, target * 2 - 1).mean()
 
 

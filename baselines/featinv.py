@@ -71,7 +71,7 @@ ignored the condition after 20 minutes; the changes that make the condition lear
 The tiny preset's checkpoints (safetensors with a sha256 record, resumable) live in
 ``<cache>/inverters/<suite>/<backbone>/<layer>/featinv-tiny/``; ``featbench train-inverter``
 trains them ahead of a run, and `fit` uses them as they are (without one, it trains within the
-task's time budget; `featbench.inverters.CheckpointedInverter`).
+task's time budget; `featbench.interfaces.inverter.CheckpointedInverter`).
 """
 
 from __future__ import annotations
@@ -87,10 +87,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from baselines.decoder import ChannelStandardizer, UpConvDecoder, lpips_loss
-from featbench.backbones import Backbone, load_backbone
-from featbench.checkpoints import TrainingReport, run_training, step_generator
-from featbench.images import seed_for
-from featbench.inverters import CheckpointedInverter, InvertData, InvertInfo, checkpoint_dir, resize_images
+from featbench.data import seed_for
+from featbench.interfaces import (CheckpointedInverter, InvertData, InvertInfo, TrainingReport, checkpoint_dir,
+                                  resize_images, run_training, step_generator)
+from featbench.zoo import Backbone, load_backbone
 
 P_UNCOND = 0.15
 
@@ -173,6 +173,9 @@ class _FeatInv(CheckpointedInverter):
         g = torch.Generator().manual_seed(seed_for(self.info.seed, "invert", self._calls))
         self._calls += 1
         return self._at_resolution(self.sample(x.float(), len(x), g))
+
+    def reset_sampler(self) -> None:
+        self._calls = 0
 
     def invert_unconditional(self, n: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed_for(self.info.seed, "unconditional"))

@@ -9,7 +9,7 @@ image decoded once, all its variants derived from it), forward only:
 - naive: eager, NCHW, float32;
 - fastest: channels_last and ``torch.compile``; then also with inductor's ``freezing`` (batch
   norms folded, weights prepacked), and with freed memory kept in the process as featbench's
-  builds keep it (`featbench.storage.keep_freed_memory`). The fastest of the three counts.
+  builds keep it (`featbench.data.storage.keep_freed_memory`). The fastest of the three counts.
 
 The unit is one feature-map set of one image variant (one image through one forward pass), so
 N images and 12 manipulations give 13·N units. Targets: featbench ≥ 2.0× naive and ≥ 0.8× fastest.
@@ -40,10 +40,10 @@ from torch import nn
 from torch._inductor import config as inductor_config
 
 import featbench as fb
-from featbench.backbones import model_stages
-from featbench.images import folder_source, seed_for, split_by_name, views
-from featbench.paths import cache_dir
-from featbench.storage import keep_freed_memory
+from featbench.zoo.backbones import model_stages
+from featbench.data.images import folder_source, seed_for, split_by_name, views
+from featbench.core.paths import cache_dir
+from featbench.data.storage import keep_freed_memory
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "imagenet-samples"

@@ -18,8 +18,9 @@ from torch import nn
 import featbench as fb
 from baselines.linear import Linear
 from baselines.neural import _Trained
-from featbench import metrics
-from featbench.evaluation import RunConfig, map_data, task_info
+from featbench.scoring import metrics
+from featbench.scoring.map_track import map_data, task_info
+from featbench.scoring.runner import RunConfig
 
 
 class LinearGD(_Trained):

@@ -7,22 +7,27 @@ Public interface::
     feats = bb.features(bb.preprocess(images), layers=["blocks.4"])
     suite = fb.load_suite("featbench-v1")
     data = fb.load_task(suite, "map/efficientnet_lite0/blocks.4/rot90")
+    result = fb.evaluate("linear", "mini")          # score a model, as `featbench run` does
+
+The stages behind it are subpackages (README, "How it fits together"): ``core``, ``zoo``,
+``data``, ``interfaces``, ``scoring``, ``board``, ``viz``.
 """
 
 __version__ = "0.1.0"
 
-from featbench.backbones import Backbone, list_backbones, load_backbone
-from featbench.errors import AssetError, DataError, FeatbenchError, UnknownNameError
-from featbench.inverters import InvertData, InvertInfo, Inverter
-from featbench.mappers import MapData, Mapper, TaskInfo
-from featbench.manipulations import Manipulation, get_manipulation, list_manipulations, register_manipulation
-from featbench.storage import TaskData, build_suite, load_task
-from featbench.suites import Suite, Task, list_suites, load_suite
+from featbench.core.errors import AssetError, DataError, FeatbenchError, UnknownNameError
+from featbench.core.results import read_result, validate_result
+from featbench.data.manipulations import Manipulation, get_manipulation, list_manipulations, register_manipulation
+from featbench.data.storage import TaskData, build_suite, load_task
+from featbench.data.suites import Suite, Task, list_suites, load_suite
+from featbench.interfaces.inverter import InvertData, InvertInfo, Inverter
+from featbench.interfaces.mapper import MapData, Mapper, TaskInfo
+from featbench.scoring.run import evaluate
+from featbench.zoo.backbones import Backbone, list_backbones, load_backbone
 
 __all__ = [
     "AssetError", "Backbone", "DataError", "FeatbenchError", "InvertData", "InvertInfo", "Inverter",
-    "Manipulation", "MapData", "Mapper", "Suite",
-    "Task", "TaskData", "TaskInfo",
-    "UnknownNameError", "build_suite", "get_manipulation", "list_backbones", "list_manipulations",
-    "list_suites", "load_backbone", "load_suite", "load_task", "register_manipulation",
+    "Manipulation", "MapData", "Mapper", "Suite", "Task", "TaskData", "TaskInfo", "UnknownNameError",
+    "build_suite", "evaluate", "get_manipulation", "list_backbones", "list_manipulations", "list_suites",
+    "load_backbone", "load_suite", "load_task", "read_result", "register_manipulation", "validate_result",
 ]

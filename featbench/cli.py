@@ -7,12 +7,12 @@ import sys
 
 from tabulate import tabulate
 
-from featbench.errors import FeatbenchError
+from featbench.core.errors import FeatbenchError
 
 
 def _cmd_tasks(args: argparse.Namespace) -> None:
-    from featbench.storage import is_built, variant_refs
-    from featbench.suites import ORIGINAL, list_suites, load_suite
+    from featbench.data.storage import is_built, variant_refs
+    from featbench.data.suites import ORIGINAL, list_suites, load_suite
 
     names = [args.suite] if args.suite else list_suites()
     for name in names:
@@ -35,8 +35,8 @@ def _cmd_tasks(args: argparse.Namespace) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> None:
-    from featbench.storage import build_suite
-    from featbench.suites import load_suite
+    from featbench.data.storage import build_suite
+    from featbench.data.suites import load_suite
 
     suite = load_suite(args.suite)
     built, report = build_suite(suite, images=args.images, custom=args.custom, batch_size=args.batch_size,
@@ -46,38 +46,11 @@ def _cmd_build(args: argparse.Namespace) -> None:
         print(f"note: built the custom suite {built.name} (images differ from {suite.name}'s pinned manifest)")
 
 
-def _mean(values: list[float | None]) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
-SUMMARY_METRICS = ("r2", "cos_median", "top1_agree", "emb_cos")
-
-
-def summary_table(results: list[dict]) -> str:
-    """One row per model and manipulation category: mean headline scores over its tasks."""
-    rows = []
-    for res in results:
-        by_cat: dict[str, list[dict]] = {}
-        for t in res["tasks"]:
-            by_cat.setdefault(t["category"] or "-", []).append(t)
-        for cat, tasks in sorted(by_cat.items()):
-            ok = [t for t in tasks if t["status"] == "ok"]
-            row = [res["model"]["name"], cat, f"{len(ok)}/{len(tasks)}"]
-            for m in SUMMARY_METRICS:
-                row.append(_mean([t["metrics"].get(m, {}).get("value") for t in ok]))
-            row.append(_mean([t["fit_s"] for t in ok]))
-            rows.append(row)
-    return tabulate(rows, headers=["model", "category", "tasks ok", *SUMMARY_METRICS, "fit s"], floatfmt=".3f",
-                    missingval="-")
-
-
 def _cmd_run(args: argparse.Namespace) -> None:
-    from featbench.evaluation import RunConfig, run_map_track
-    from featbench.mappers import resolve_model
-    from featbench.results import result_path
-    from featbench.storage import build_suite, is_built, variant_refs
-    from featbench.suites import load_suite
+    from featbench.core.results import result_path
+    from featbench.data.suites import load_suite
+    from featbench.scoring.run import evaluate
+    from featbench.scoring.summaries import invert_summary_table, map_summary_table
 
     suite = load_suite(args.suite)
     invert = args.track == "invert"
@@ -85,32 +58,15 @@ def _cmd_run(args: argparse.Namespace) -> None:
                             else suite.run_defaults.get("models"))
     if not models:
         raise FeatbenchError(f"suite {suite.name} names no default models; pass --model")
-    budget = args.time_budget if args.time_budget is not None else suite.run_defaults.get("time_budget_s")
-    tasks = suite.select(args.tasks, track=args.track)
-    unbuilt = {(t.backbone, t.layer) for t in tasks
-               if not all(is_built(r) for r in variant_refs(suite, t.backbone, t.layer).values())}
-    if unbuilt and suite.images["kind"] == "package":  # small, self-contained: just build it
-        print(f"building suite {suite.name} first (its images ship with a dependency)")
-        print(build_suite(suite, compile=False)[1].summary())
     if args.out and len(models) > 1:
         raise FeatbenchError("--out names one file; run one --model at a time with it")
-    cfg = RunConfig(seed=args.seed, n_boot=args.n_boot, time_budget_s=budget)
     results = []
     for spec in models:
         out = args.out or result_path(args.out_dir, spec, suite.name)
-        if invert:
-            from featbench.invert_evaluation import resolve_inverter, run_invert_track
-
-            results.append(run_invert_track(resolve_inverter(spec), suite, tasks, out, cfg))
-        else:
-            results.append(run_map_track(resolve_model(spec), suite, tasks, out, cfg))
+        results.append(evaluate(spec, suite, args.tasks, track=args.track, out=out, seed=args.seed,
+                                n_boot=args.n_boot, time_budget_s=args.time_budget))
         print(f"wrote {out}")
-    if invert:
-        from featbench.invert_evaluation import summary_table as invert_summary_table
-
-        print(invert_summary_table(results))
-    else:
-        print(summary_table(results))
+    print((invert_summary_table if invert else map_summary_table)(results))
 
 
 _INVERT_MODELS = ["decoder", "featinv-tiny"]
@@ -119,8 +75,8 @@ _INVERT_MODELS = ["decoder", "featinv-tiny"]
 def _cmd_train_inverter(args: argparse.Namespace) -> None:
     import torch
 
-    from featbench.invert_evaluation import train_inverter
-    from featbench.suites import load_suite
+    from featbench.scoring.invert_track import train_inverter
+    from featbench.data.suites import load_suite
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -134,8 +90,8 @@ def _cmd_train_inverter(args: argparse.Namespace) -> None:
 def _cmd_show(args: argparse.Namespace) -> None:
     import torch
 
-    from featbench.show import models_by_name, models_from_results, show
-    from featbench.suites import load_suite
+    from featbench.viz.show import models_by_name, models_from_results, show
+    from featbench.data.suites import load_suite
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -148,7 +104,7 @@ def _cmd_show(args: argparse.Namespace) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> None:
-    from featbench.results import read_result
+    from featbench.core.results import read_result
 
     for path in args.files:
         res = read_result(path)
@@ -157,36 +113,36 @@ def _cmd_validate(args: argparse.Namespace) -> None:
 
 
 def _cmd_leaderboard_build(args: argparse.Namespace) -> None:
-    from featbench.leaderboard import build
-    from featbench.suites import load_suite
+    from featbench.board.leaderboard import build
+    from featbench.data.suites import load_suite
 
     suite = load_suite(args.suite)
     report = build(suite, args.root, args.out, use_built_data=not args.no_built_data)
     print(report.summary())
     if args.screenshot:
-        from featbench.browser import screenshot
+        from featbench.board.browser import screenshot
 
         print(f"wrote {screenshot(report.out_dir / 'index.html', report.out_dir / 'screenshot.png')}")
 
 
 def _cmd_leaderboard_show(args: argparse.Namespace) -> None:
-    from featbench.leaderboard import show
-    from featbench.suites import load_suite
+    from featbench.board.leaderboard import show
+    from featbench.data.suites import load_suite
 
     print(show(load_suite(args.suite), args.root, track=args.track, sort=args.sort,
                use_built_data=not args.no_built_data, wide=args.wide))
 
 
 def _cmd_leaderboard_compare(args: argparse.Namespace) -> None:
-    from featbench.leaderboard import compare
-    from featbench.suites import load_suite
+    from featbench.board.leaderboard import compare
+    from featbench.data.suites import load_suite
 
     print(compare(load_suite(args.suite), args.models.split(","), args.metrics.split(","), args.root,
                   track=args.track, use_built_data=not args.no_built_data))
 
 
 def _cmd_submit_check(args: argparse.Namespace) -> None:
-    from featbench.submission import submit_check
+    from featbench.board.submit_check import submit_check
 
     report = submit_check(args.file, suite=args.suite, model=args.model, sample=args.sample, seed=args.seed,
                           atol=args.atol, rtol=args.rtol)
@@ -196,8 +152,8 @@ def _cmd_submit_check(args: argparse.Namespace) -> None:
 
 
 def _cmd_publish(args: argparse.Namespace) -> None:
-    from featbench.publish import publish
-    from featbench.suites import load_suite
+    from featbench.board.publish import publish
+    from featbench.data.suites import load_suite
 
     out = publish(load_suite(args.suite), args.repo, dry_run=args.dry_run, leaderboard_root=args.leaderboard,
                   private=args.private)

@@ -10,10 +10,10 @@ import yaml
 from PIL import Image
 
 import featbench as fb
-from featbench.hashing import sha256_file
-from featbench.images import folder_source
+from featbench.core.hashing import sha256_file
+from featbench.data.images import folder_source
 
-from featbench.backbones import BACKBONES, BackboneSpec, Preprocessing, register_backbone
+from featbench.zoo.backbones import BACKBONES, BackboneSpec, Preprocessing, register_backbone
 
 SHARED_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-samples"
 

@@ -1,4 +1,4 @@
-"""Synthetic result files for the leaderboard tests, written through `featbench.results.write_result`."""
+"""Synthetic result files for the leaderboard tests, written through `featbench.core.results.write_result`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import featbench as fb
-from featbench.hashing import sha256_json
-from featbench.results import write_result
+from featbench.core.hashing import sha256_json
+from featbench.core.results import write_result
 
 SOURCE = "0" * 64
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from featbench import assets
-from featbench.errors import AssetError, UnknownNameError
-from featbench.hashing import sha256_tensors
+from featbench.zoo import assets
+from featbench.core.errors import AssetError, UnknownNameError
+from featbench.core.hashing import sha256_tensors
 
 
 @pytest.fixture(scope="module")

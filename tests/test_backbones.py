@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 import featbench as fb
-from featbench.errors import AssetError, FeatbenchError
-from featbench.images import folder_source
+from featbench.core.errors import AssetError, FeatbenchError
+from featbench.data.images import folder_source
 from tests.conftest import TINY_CNN, TINY_VIT, require_shared_images
 
 

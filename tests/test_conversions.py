@@ -15,13 +15,13 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from featbench.conversions import (
+from featbench.zoo.conversions import (
     StateDict,
     dinov2_onnx_to_timm,
     efficientnet_pytorch_to_timm,
     resample_vit_pos_embed,
 )
-from featbench.errors import AssetError
+from featbench.core.errors import AssetError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,7 +47,7 @@ def _assert_float32_contiguous(state: StateDict) -> None:
 
 @pytest.fixture(scope="module")
 def source_file() -> Callable[[str], Path]:
-    from featbench.assets import source_file  # the pinned, sha256-verified raw files
+    from featbench.zoo.assets import source_file  # the pinned, sha256-verified raw files
 
     return source_file
 

@@ -12,10 +12,11 @@ import torch
 
 import featbench as fb
 from baselines.linear import Linear
-from featbench import evaluation
-from featbench.evaluation import RunConfig, run_map_track
-from featbench.mappers import registered_models, resolve_model
-from featbench.results import read_result
+from featbench.scoring import map_track, runner
+from featbench.scoring.map_track import run_map_track
+from featbench.scoring.runner import RunConfig
+from featbench.core.plugins import registered_models, resolve_model
+from featbench.core.results import read_result, validate_result
 from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite
 
 CFG = RunConfig(seed=0, n_boot=50, time_budget_s=30)
@@ -177,11 +178,11 @@ def test_bad_submission_fails_its_task_and_the_run_goes_on(suite, tmp_path, mode
     for t in res["tasks"]:
         assert t["status"] == "failed"
         assert reason in t["reason"]
-    fb.results.validate_result(res)
+    validate_result(res)
 
 
 def test_time_budget_is_enforced(suite, tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluation, "BUDGET_GRACE", 1.0)
+    monkeypatch.setattr(runner, "BUDGET_GRACE", 1.0)
     factory = type("Slow", (_Bad,), {"mode": "slow"})
     cfg = RunConfig(seed=0, n_boot=20, time_budget_s=0.5)
     res = _run(suite, factory, tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/rot90", cfg=cfg)
@@ -194,7 +195,7 @@ def test_time_budget_is_enforced(suite, tmp_path, monkeypatch):
 def test_interrupted_run_resumes_from_scored_tasks(suite, tmp_path, monkeypatch):
     out = tmp_path / "linear.json"
     tasks = suite.select("map/*/blocks.1/*")
-    real = evaluation.evaluate_map_task
+    real = map_track.evaluate_map_task
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -203,7 +204,7 @@ def test_interrupted_run_resumes_from_scored_tasks(suite, tmp_path, monkeypatch)
         calls.append(args[2].id)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "evaluate_map_task", interrupted)
+    monkeypatch.setattr(map_track, "evaluate_map_task", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_map_track(resolve_model("linear"), suite, tasks, out, CFG, progress=False)
     partial = read_result(out)
@@ -214,7 +215,7 @@ def test_interrupted_run_resumes_from_scored_tasks(suite, tmp_path, monkeypatch)
         resumed_calls.append(args[2].id)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "evaluate_map_task", counting)
+    monkeypatch.setattr(map_track, "evaluate_map_task", counting)
     final = run_map_track(resolve_model("linear"), suite, tasks, out, CFG, progress=False)
     assert len(final["tasks"]) == len(tasks)
     assert set(resumed_calls) == {t.id for t in tasks} - set(calls)
@@ -267,7 +268,7 @@ def test_a_changed_model_never_silently_starts_its_file_over(suite, tmp_path, mo
     run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_CNN}/blocks.1/*"), out, CFG,
                   progress=False)
     before = out.read_bytes()
-    monkeypatch.setattr(evaluation, "source_sha256", lambda probe: "0" * 64)  # as after an edit of its code
+    monkeypatch.setattr(runner, "source_sha256", lambda probe: "0" * 64)  # as after an edit of its code
     with pytest.raises(fb.FeatbenchError, match=r"cannot resume \(model source sha256 .* → '0{64}'\).*--out"):
         run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_VIT}/blocks.1/rot90"), out, CFG,
                       progress=False)

@@ -11,12 +11,13 @@ import torch
 from baselines.featinv import (
     FeatInvConditioning, FeatInvSD, FeatInvTiny, FeatInvTinyConfig, SDComponents, TinyDenoiser,
 )
-from featbench.backbones import Backbone, load_backbone
-from featbench.checkpoints import CheckpointError, read_record
-from featbench.evaluation import RunConfig
-from featbench.invert_evaluation import run_invert_track
-from featbench.inverters import InvertData, InvertInfo, network_input
-from featbench.results import validate_result
+from featbench.zoo.backbones import Backbone, load_backbone
+from featbench.interfaces.checkpoints import CheckpointError, read_record
+from featbench.scoring.runner import RunConfig
+from featbench.scoring.invert_track import run_invert_track
+from featbench.data.targets import network_input
+from featbench.interfaces.inverter import InvertData, InvertInfo
+from featbench.core.results import validate_result
 from tests.conftest import TINY_CNN
 from tests.test_inverters import TASK, in_suite_cache, suite  # noqa: F401  (module fixtures)
 

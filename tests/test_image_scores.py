@@ -12,14 +12,15 @@ from PIL import Image
 
 import featbench as fb
 from baselines.decoder import Decoder, DecoderConfig
-from featbench import image_scores
-from featbench.checkpoints import CheckpointError, read_record
-from featbench.evaluation import RunConfig, _Tails, evaluate_map_task, run_map_track
-from featbench.invert_evaluation import train_inverter
-from featbench.mappers import resolve_model
-from featbench.paths import cache_dir
-from featbench.results import validate_result
-from featbench.storage import column_array
+from featbench.scoring import image_scores
+from featbench.interfaces.checkpoints import CheckpointError, read_record
+from featbench.scoring.map_track import evaluate_map_task, run_map_track
+from featbench.scoring.runner import Models, RunConfig
+from featbench.scoring.invert_track import train_inverter
+from featbench.core.plugins import resolve_model
+from featbench.core.paths import cache_dir
+from featbench.core.results import validate_result
+from featbench.data.storage import column_array
 from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite
 
 CFG = RunConfig(seed=0, n_boot=20, time_budget_s=30)
@@ -106,7 +107,8 @@ def test_pinned_layer_gets_image_scores_with_intervals(suites, in_cache, tmp_pat
             assert not set(image_scores.METRICS) & set(t["metrics"])
     assert "spatial" in next(t for t in res["tasks"] if t["task_id"] == f"{PINNED}/rot90")["reference_points"]
     # The leaderboard shows lpips_vs_manipulated as a map-track headline score, lower is better.
-    from featbench.leaderboard import LOWER_IS_BETTER, headline_metrics, tidy_frame
+    from featbench.board.tables import headline_metrics, tidy_frame
+    from featbench.scoring.summaries import LOWER_IS_BETTER
 
     assert "lpips_vs_manipulated" in headline_metrics(tidy_frame({"lin.json": res}), "map")
     assert {"lpips_vs_manipulated", "lpips_vs_inverted_target"} <= LOWER_IS_BETTER
@@ -148,7 +150,7 @@ def test_manipulated_images_are_the_manipulation_of_the_test_view(suites, in_cac
     suite, _ = suites
     task = suite.get_task(f"{PINNED}/rot90")
     data = fb.load_task(suite, task)
-    scorer = image_scores.for_task(suite, task, data, _Tails(), CFG)
+    scorer = image_scores.for_task(suite, task, data, Models(), CFG)
     assert scorer.rows == image_scores.subset(len(data.test), 2, suite.seed) == [0, 1]
     originals, manipulated = scorer.originals(), scorer.manipulated
     assert manipulated.dtype == torch.uint8 and manipulated.shape == (2, 3, 32, 32)
@@ -195,7 +197,7 @@ def test_other_or_tampered_checkpoint_is_refused(suites, in_cache):
 
 def test_show_writes_a_grid_of_nonblank_tiles(suites, in_cache, tmp_path, capsys):
     from featbench.cli import main
-    from featbench.show import grid_pixels, tile_pixels
+    from featbench.viz.show import grid_pixels, tile_pixels
 
     suite, _ = suites
     out = tmp_path / "grid.png"
@@ -242,7 +244,7 @@ def test_readme_pins_parse_for_featbench_v1():
 def test_published_folder_carries_the_pinned_checkpoint(suites, in_cache, tmp_path, monkeypatch):
     import json
 
-    from featbench.publish import install_published, stage
+    from featbench.board.publish import install_published, stage
 
     suite, sha = suites
     lpips_assets = list((cache_dir() / "assets").glob("lpips_*.safetensors"))

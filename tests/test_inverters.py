@@ -12,15 +12,16 @@ import pytest
 import torch
 
 import featbench as fb
-from featbench.paths import cache_dir
+from featbench.core.paths import cache_dir
 from baselines.decoder import Decoder, up_stages
-from featbench import checkpoints
-from featbench.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from featbench.evaluation import RunConfig
-from featbench.invert_evaluation import evaluate_invert_task, invert_data, invert_info, run_invert_track
-from featbench.inverters import InvertData, InvertInfo, registered_inverters, resolve_inverter, target_images
-from featbench.results import validate_result
-from featbench.storage import column_array
+from featbench.interfaces import checkpoints
+from featbench.interfaces.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from featbench.scoring.runner import RunConfig
+from featbench.scoring.invert_track import evaluate_invert_task, invert_data, invert_info, run_invert_track
+from featbench.data.targets import target_images
+from featbench.interfaces.inverter import InvertData, InvertInfo, registered_inverters, resolve_inverter
+from featbench.core.results import validate_result
+from featbench.data.storage import column_array
 from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite
 
 CFG = RunConfig(seed=0, n_boot=20, time_budget_s=60)
@@ -305,8 +306,8 @@ def test_cli_train_inverter_resumes_and_run_scores(suite, in_suite_cache, tmp_pa
 def test_run_scores_the_trained_checkpoint_as_it_is(suite, in_suite_cache, tmp_path):
     """A run uses train-inverter's checkpoint without training it further (the result names its
     sha256, the folder is unchanged); with none, fit trains from scratch within the budget."""
-    from featbench.checkpoints import read_record
-    from featbench.inverters import checkpoint_dir
+    from featbench.interfaces.checkpoints import read_record
+    from featbench.interfaces.inverter import checkpoint_dir
 
     task = suite.get_task(TASK)
     directory = checkpoint_dir(suite.name, TINY_CNN, "blocks.3", TinyDecoder.name)
@@ -328,8 +329,8 @@ def test_run_scores_the_trained_checkpoint_as_it_is(suite, in_suite_cache, tmp_p
 def test_resumed_run_rescores_a_task_whose_checkpoint_was_trained_further(suite, in_suite_cache, tmp_path):
     """A resumed invert run keeps a record while the cache holds the checkpoint it names, and scores
     the task again once train-inverter has left another one (a stale score is never carried on)."""
-    from featbench.checkpoints import read_record
-    from featbench.inverters import checkpoint_dir
+    from featbench.interfaces.checkpoints import read_record
+    from featbench.interfaces.inverter import checkpoint_dir
 
     task = suite.get_task(TASK)
     directory = checkpoint_dir(suite.name, TINY_CNN, "blocks.3", TinyDecoder.name)

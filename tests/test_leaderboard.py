@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 
 import featbench as fb
-from featbench import leaderboard as lb
+from featbench.board import hashes as task_hashes
+from featbench.board import ranking
+from featbench.board import leaderboard as lb
 from featbench.cli import main
-from featbench.results import seal
+from featbench.core.results import seal
 from tests.conftest import make_tiny_suite
 from tests.leaderboard_helpers import QUALITY, fake_task_hash, scores_for, write_model
 
@@ -80,7 +82,7 @@ def test_results_that_disagree_with_no_reference_are_all_left_out(suite, root):
 
 def test_task_hash_file_is_authoritative_and_only_extended(suite, root):
     task = suite.select(track="map")[0]
-    hashes = lb.TaskHashes(suite, {task.id: {"sha256": fake_task_hash(task.id, "maintainers"), "source": "built data"}})
+    hashes = task_hashes.TaskHashes(suite, {task.id: {"sha256": fake_task_hash(task.id, "maintainers"), "source": "built data"}})
     (root / lb.HASHES_FILE).write_text(hashes.to_json())
     c = _collect(suite, root)
     # All three ran on other data for that task (bad.json failed it, but on the same other data).
@@ -95,7 +97,7 @@ def test_task_hash_file_is_authoritative_and_only_extended(suite, root):
 
 def test_task_hash_file_of_another_spec_is_refused(suite, root, tmp_path):
     other = make_tiny_suite(tmp_path / "other", manipulations=["rot90", "hflip"])
-    (root / lb.HASHES_FILE).write_text(lb.TaskHashes(other).to_json().replace(other.name, suite.name))
+    (root / lb.HASHES_FILE).write_text(task_hashes.TaskHashes(other).to_json().replace(other.name, suite.name))
     with pytest.raises(fb.FeatbenchError, match="never changes"):
         _collect(suite, root)
 
@@ -228,10 +230,10 @@ def test_cli_build(suite, root, capsys):
 
 def test_ranks_with_ties_and_missing_scores():
     v = np.array([[[0.9]], [[0.5]], [[0.5]], [[np.nan]]])  # models x tasks x metrics
-    assert lb._ranks(v, np.array([True]))[:, 0, 0].tolist() == [1.0, 2.5, 2.5, 4.0]
-    assert lb._ranks(v, np.array([False]))[:, 0, 0].tolist() == [3.0, 1.5, 1.5, 4.0]
+    assert ranking._ranks(v, np.array([True]))[:, 0, 0].tolist() == [1.0, 2.5, 2.5, 4.0]
+    assert ranking._ranks(v, np.array([False]))[:, 0, 0].tolist() == [3.0, 1.5, 1.5, 4.0]
     v = np.array([[[np.nan]], [[np.nan]], [[0.1]]])
-    assert lb._ranks(v, np.array([True]))[:, 0, 0].tolist() == [2.5, 2.5, 1.0]
+    assert ranking._ranks(v, np.array([True]))[:, 0, 0].tolist() == [2.5, 2.5, 1.0]
 
 
 def test_rank_interval_on_a_hand_checked_example():
@@ -239,16 +241,16 @@ def test_rank_interval_on_a_hand_checked_example():
     values = np.array([[[0.9], [0.5]],
                        [[0.8], [0.7]],
                        [[0.1], [0.2]]])
-    point, low, high = lb.rank_interval(values, [True], n_boot=2000, seed=1)
+    point, low, high = ranking.rank_interval(values, [True], n_boot=2000, seed=1)
     assert point.tolist() == [1.5, 1.5, 3.0]
     # Resampling 2 tasks: A's mean rank is 1 (both draws task 1, p = 1/4), 1.5 (p = 1/2) or 2
     # (p = 1/4); the central 95 % of 2000 replicates spans the extremes.
     assert low.tolist() == [1.0, 1.0, 3.0] and high.tolist() == [2.0, 2.0, 3.0]
     # A score that is lower-is-better flips the order.
-    point, _, _ = lb.rank_interval(values, [False], n_boot=10)
+    point, _, _ = ranking.rank_interval(values, [False], n_boot=10)
     assert point.tolist() == [2.5, 2.5, 1.0]
     # Zero-width score intervals: the normal draw changes nothing.
-    p2, l2, h2 = lb.rank_interval(values, [True], sigma=np.zeros_like(values), n_boot=2000, seed=1)
+    p2, l2, h2 = ranking.rank_interval(values, [True], sigma=np.zeros_like(values), n_boot=2000, seed=1)
     assert (p2.tolist(), l2.tolist(), h2.tolist()) == ([1.5, 1.5, 3.0], [1.0, 1.0, 3.0], [2.0, 2.0, 3.0])
 
 
@@ -260,36 +262,36 @@ def test_models_are_ranked_only_on_the_tasks_they_apply_to():
     applies = np.array([[True, True], [True, True], [True, False]])
     # Task 1, all three compete: C 1, B 2, A 3. Task 2, A and B only: places 1 and 2 rescale to
     # the range of three models, A 1 and B 3. Mean ranks: A (3 + 1)/2 = 2, B (2 + 3)/2 = 2.5, C 1.
-    ranks = lb._ranks(values, np.array([True]), applies)
+    ranks = ranking._ranks(values, np.array([True]), applies)
     assert ranks[:2, :, 0].tolist() == [[3.0, 1.0], [2.0, 3.0]] and ranks[2, 0, 0] == 1.0 and np.isnan(ranks[2, 1, 0])
-    point, low, high = lb.rank_interval(values, [True], applies=applies, n_boot=2000, seed=1)
+    point, low, high = ranking.rank_interval(values, [True], applies=applies, n_boot=2000, seed=1)
     assert point.tolist() == [2.0, 2.5, 1.0]
     # C's only task is task 1, so every replicate that draws it ranks C first.
     assert low[2] == high[2] == 1.0
     # Counted as applying everywhere, C's missing task 2 ranks it last there (A 1, B 2, C 3).
-    point, _, _ = lb.rank_interval(values, [True], n_boot=10)
+    point, _, _ = ranking.rank_interval(values, [True], n_boot=10)
     assert point.tolist() == [2.0, 2.0, 2.0]
     # A lone model on a task sits in the middle of the range.
-    alone = lb._ranks(np.array([[[0.3]], [[0.2]]]), np.array([True]), np.array([[True], [False]]))
+    alone = ranking._ranks(np.array([[[0.3]], [[0.2]]]), np.array([True]), np.array([[True], [False]]))
     assert alone[0, 0, 0] == 1.5 and np.isnan(alone[1, 0, 0])
 
 
 def test_rank_interval_widens_with_score_uncertainty_and_is_seeded():
     # A beats B by 0.01 on every task: with no score uncertainty, A is always first.
     values = np.array([[[0.51]] * 5, [[0.50]] * 5])
-    _, low, high = lb.rank_interval(values, [True], n_boot=500)
+    _, low, high = ranking.rank_interval(values, [True], n_boot=500)
     assert (low.tolist(), high.tolist()) == ([1.0, 2.0], [1.0, 2.0])
     # Intervals of +-0.1 around scores 0.01 apart: the two swap places often.
-    sigma = np.full_like(values, lb.sigma_from_interval(0.4, 0.6))
-    _, low, high = lb.rank_interval(values, [True], sigma=sigma, n_boot=500)
+    sigma = np.full_like(values, ranking.sigma_from_interval(0.4, 0.6))
+    _, low, high = ranking.rank_interval(values, [True], sigma=sigma, n_boot=500)
     assert low[0] < 1.5 < high[0] and low[1] < 1.5 < high[1]
-    again = lb.rank_interval(values, [True], sigma=sigma, n_boot=500)
+    again = ranking.rank_interval(values, [True], sigma=sigma, n_boot=500)
     assert np.array_equal(again[1], low) and np.array_equal(again[2], high)
 
 
 def test_rank_interval_ignores_tasks_nobody_scored():
     values = np.array([[[0.9], [np.nan]], [[0.1], [np.nan]]])
-    point, low, high = lb.rank_interval(values, [True], n_boot=50)
+    point, low, high = ranking.rank_interval(values, [True], n_boot=50)
     assert point.tolist() == low.tolist() == high.tolist() == [1.0, 2.0]
 
 
@@ -315,7 +317,7 @@ def test_compare_puts_models_side_by_side_per_category_and_layer(suite, tmp_path
 
 def test_committed_leaderboard_rebuilds_byte_identically(tmp_path):
     """What is published under leaderboard/<suite>/ is exactly what its result files give."""
-    from featbench.paths import PACKAGE_DIR
+    from featbench.core.paths import PACKAGE_DIR
 
     root = PACKAGE_DIR.parent / "leaderboard" / "featbench-v1"
     if not (root / "LEADERBOARD.md").is_file():

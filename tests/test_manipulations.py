@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from featbench import manipulations as manip
-from featbench.errors import FeatbenchError, UnknownNameError
-from featbench.hashing import canonical_json
-from featbench.manipulations import get_manipulation, list_manipulations, register_manipulation
+from featbench.data import manipulations as manip
+from featbench.core.errors import FeatbenchError, UnknownNameError
+from featbench.core.hashing import canonical_json
+from featbench.data.manipulations import get_manipulation, list_manipulations, register_manipulation
 
 GEOMETRIC = ["rot90", "rot180", "rot270", "hflip", "vflip"]
 PHOTOMETRIC = ["noise40", "hue60", "grayscale"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from featbench.metrics import (
+from featbench.scoring.metrics import (
     MAP_STATISTICS, Score, bootstrap, linear_structure, map_components, score_embeddings, score_logits,
     score_maps,
 )

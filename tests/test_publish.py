@@ -11,13 +11,15 @@ import datasets
 import pytest
 
 import featbench as fb
-from featbench import leaderboard as lb
+from featbench.board import hashes as task_hashes
+from featbench.board import leaderboard as lb
 from featbench.cli import main
-from featbench.evaluation import RunConfig, run_map_track
-from featbench.mappers import resolve_model
-from featbench.publish import check_hub_access, config_name, install_published, publish
-from featbench.results import write_result
-from featbench.submission import submit_check
+from featbench.scoring.map_track import run_map_track
+from featbench.scoring.runner import RunConfig
+from featbench.core.plugins import resolve_model
+from featbench.board.publish import check_hub_access, config_name, install_published, publish
+from featbench.core.results import write_result
+from featbench.board.submit_check import submit_check
 from tests.conftest import TINY_CNN, make_tiny_suite
 
 
@@ -91,7 +93,7 @@ def test_publish_fails_at_once_without_token_or_network(built, tmp_path, monkeyp
 def test_built_data_give_the_expected_task_hashes(built):
     suite, root = built
     for task in suite.select(f"map/{TINY_CNN}/blocks.1/*"):
-        assert lb.built_task_sha256(suite, task) == fb.load_task(suite, task).content_sha256
+        assert task_hashes.built_task_sha256(suite, task) == fb.load_task(suite, task).content_sha256
     hashes = lb.collect(suite, root / "lb").hashes.entries
     assert {e["source"] for e in hashes.values()} == {"built data"}
     assert len(hashes) == len(suite.tasks)

@@ -10,8 +10,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from featbench.metrics import Score
-from featbench.results import (
+from featbench.scoring.metrics import Score
+from featbench.core.results import (
     RESULT_SCHEMA_VERSION, ResultError, environment_info, git_commit, load_schema, read_result, result_path,
     seal, validate_result, write_result,
 )

@@ -12,10 +12,10 @@ import yaml
 from PIL import Image
 
 import featbench as fb
-from featbench import storage
-from featbench.errors import DataError, UnknownNameError
-from featbench.images import folder_source, seed_for, split_by_name, views
-from featbench.storage import column_array, variant_refs
+from featbench.data import storage
+from featbench.core.errors import DataError, UnknownNameError
+from featbench.data.images import folder_source, seed_for, split_by_name, views
+from featbench.data.storage import column_array, variant_refs
 from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite, write_images
 
 N_IMAGES = 6

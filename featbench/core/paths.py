@@ -1,0 +1,26 @@
+"""Where featbench keeps things: its cache and the suite definitions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # featbench/
+
+
+def cache_dir() -> Path:
+    """featbench's cache: ``$FEATBENCH_CACHE``, else the user cache dir (``~/.cache/featbench``)."""
+    root = os.environ.get("FEATBENCH_CACHE") or platformdirs.user_cache_dir("featbench")
+    path = Path(root).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def suites_dir() -> Path:
+    """Suite definitions: ``tasks/`` in a checkout, packaged as ``featbench/_suites`` in a wheel."""
+    packaged = PACKAGE_DIR / "_suites"
+    if packaged.is_dir():
+        return packaged
+    return PACKAGE_DIR.parent / "tasks"

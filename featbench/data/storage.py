@@ -1,0 +1,513 @@
+"""Task data on disk: building the variant datasets of a suite, verifying and loading them.
+
+One *variant dataset* holds the feature maps of one (backbone, layer, variant) for every view of
+every image of the suite, as a Hugging Face ``DatasetDict`` (splits ``train`` / ``test``) saved
+with ``save_to_disk``: columns ``image_id``, ``view``, ``label``, ``features`` (float16 C×h×w) and,
+for vision transformers, ``prefix`` (float16 C×k, the class and register tokens). It lives in
+
+    <cache>/datasets/<backbone>/<layer>/<variant>-<key[:16]>/
+
+beside a ``featbench.json`` that records its full key (the hash of `Suite.variant_spec`) and the
+sha256 of each data file. A dataset whose record or files do not match is never used: loading
+refuses it, building rebuilds it. Builds stream: images are decoded once per chunk, every
+manipulation is derived from the decoded pixels, the variants of a chunk share one stream of
+fixed-size batches, one forward pass serves all layers, and each chunk is written as an Arrow
+shard, so an interrupted build resumes at the first missing shard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import datasets
+import numpy as np
+import torch
+from datasets import Array2D, Array3D, DatasetDict, Features, Value
+from datasets.arrow_writer import ArrowWriter
+from datasets.table import MemoryMappedTable, concat_tables
+from tqdm.auto import tqdm
+
+from featbench.zoo.backbones import Backbone, backbone_fingerprint, load_backbone
+from featbench.core.cache import atomic_write
+from featbench.core.errors import DataError
+from featbench.core.hashing import sha256_file, sha256_json
+from featbench.data.images import ImageRecord, ImageSource, seed_for, split_by_name, views
+from featbench.data.manipulations import Manipulation
+from featbench.core.paths import cache_dir
+from featbench.data.suites import ORIGINAL, Suite, Task
+
+SPLITS = ("train", "test")
+RECORD = "featbench.json"
+
+
+def variant_name(manipulation: Manipulation | None) -> str:
+    return manipulation.name if manipulation else ORIGINAL
+
+
+@dataclass(frozen=True)
+class VariantRef:
+    """Where one variant dataset lives and the key it must carry."""
+
+    backbone: str
+    layer: str
+    variant: str
+    key: str
+    spec: dict
+
+    @property
+    def path(self) -> Path:
+        return cache_dir() / "datasets" / self.backbone / self.layer / f"{self.variant}-{self.key[:16]}"
+
+    @property
+    def partial(self) -> Path:
+        return self.path.with_name(self.path.name + ".partial")
+
+
+def variant_refs(suite: Suite, backbone: str, layer: str,
+                 fingerprint: dict | None = None) -> dict[str, VariantRef]:
+    """The variant datasets of one backbone and layer, keyed by variant name."""
+    fingerprint = fingerprint or backbone_fingerprint(backbone)
+    manifest = suite.images["manifest_sha256"]
+    out = {}
+    for m in suite.variants():
+        spec = suite.variant_spec(manifest, fingerprint, layer, m)
+        out[variant_name(m)] = VariantRef(backbone, layer, variant_name(m), sha256_json(spec), spec)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# verification
+
+
+def read_record(ref: VariantRef, check_files: bool = True) -> dict:
+    """The dataset's ``featbench.json`` after checking its key and (optionally) its files."""
+    record_path = ref.path / RECORD
+    if not record_path.is_file():
+        raise DataError(f"no built dataset for {ref.backbone}/{ref.layer}/{ref.variant} at {ref.path}")
+    try:
+        record = json.loads(record_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"cached dataset {ref.path} has a damaged {RECORD}: {exc}") from exc
+    if record.get("key") != ref.key:
+        raise DataError(f"cached dataset {ref.path} was built for another spec (key {str(record.get('key'))[:16]}…)")
+    if check_files:
+        for rel, digest in record["files"].items():
+            f = ref.path / rel
+            if not f.is_file():
+                raise DataError(f"cached dataset {ref.path} is incomplete: {rel} is missing")
+            if sha256_file(f) != digest:
+                raise DataError(f"cached dataset {ref.path} is corrupt: {rel} does not match its recorded "
+                                "sha256. Run `featbench build` for its suite to rebuild it.")
+    return record
+
+
+def is_built(ref: VariantRef) -> bool:
+    try:
+        read_record(ref)
+    except DataError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# building
+
+
+@dataclass
+class BuildReport:
+    suite: str
+    built: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    rebuilt_corrupt: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    bytes_on_disk: int = 0
+    n_images: int = 0
+
+    def summary(self) -> str:
+        lines = [f"suite {self.suite}: {len(self.built)} datasets built, {len(self.reused)} reused, "
+                 f"{len(self.rebuilt_corrupt)} corrupt ones rebuilt; {self.n_images} images; "
+                 f"{self.bytes_on_disk / 2**30:.2f} GiB on disk; {self.seconds:.0f} s"]
+        lines += [f"  rebuilt (was corrupt): {name}" for name in self.rebuilt_corrupt]
+        return "\n".join(lines)
+
+
+def _features_schema(shape: Sequence[int], prefix_shape: Sequence[int] | None) -> Features:
+    cols = {"image_id": Value("string"), "view": Value("int16"), "label": Value("int32"),
+            "features": Array3D(tuple(shape), "float16")}
+    if prefix_shape:
+        cols["prefix"] = Array2D(tuple(prefix_shape), "float16")
+    return Features(cols)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A run of one split's images, decoded and written together (one Arrow shard per variant)."""
+
+    split: str
+    index: int
+    records: tuple[ImageRecord, ...]
+
+    @property
+    def shard(self) -> str:
+        return f"{self.split}-{self.index:05d}.arrow"
+
+
+def _chunks(splits: dict[str, list[ImageRecord]], images_per_chunk: int) -> list[Chunk]:
+    out = []
+    for split in SPLITS:
+        recs = splits[split]
+        for i in range(0, len(recs), images_per_chunk):
+            out.append(Chunk(split, i // images_per_chunk, tuple(recs[i:i + images_per_chunk])))
+    return out
+
+
+def _input_batches(bb: Backbone, pieces: Iterable[torch.Tensor], batch_size: int
+                   ) -> Iterator[tuple[torch.Tensor, int]]:
+    """The pieces' pixels, normalised, in order, as batches of exactly `batch_size` rows with their
+    count of real rows.
+
+    Batches span piece boundaries, so only the very last one is padded (with zeros): a compiled
+    extractor sees one shape, and little of its work is padding. Normalising straight into one
+    reused buffer in the network's layout saves a copy and a fresh allocation per batch; each
+    batch is overwritten by the next, so use it before asking for another.
+    """
+    batch: torch.Tensor | None = None
+    filled = 0
+    for piece in pieces:
+        if batch is None:
+            batch = torch.empty(batch_size, *piece.shape[1:], memory_format=bb.input_memory_format)
+        start = 0
+        while start < len(piece):
+            take = min(batch_size - filled, len(piece) - start)
+            bb.normalize(piece[start:start + take], out=batch[filled:filled + take])
+            filled, start = filled + take, start + take
+            if filled == batch_size:
+                yield batch, batch_size
+                filled = 0
+    if filled:
+        batch[filled:] = 0
+        yield batch, filled
+
+
+def _batched_features(bb: Backbone, pieces: Iterable[torch.Tensor], layers: list[str],
+                      batch_size: int) -> dict[str, tuple]:
+    """float16 features {layer: (maps, prefixes or None)} of all the pieces' rows (pixels), in order."""
+    outs: dict[str, list] = {layer: [] for layer in layers}
+    for xb, n in _input_batches(bb, pieces, batch_size):
+        feats = bb.features(xb, layers, dtype=torch.float16)
+        for layer in layers:
+            f = feats[layer]
+            prefix = getattr(f, "prefix", None)
+            outs[layer].append((f[:n], None if prefix is None else prefix[:n]))
+    result = {}
+    for layer, parts in outs.items():
+        maps = torch.cat([p[0] for p in parts])
+        prefixes = None if parts[0][1] is None else torch.cat([p[1] for p in parts])
+        result[layer] = (maps, prefixes)
+    return result
+
+
+def _write_shard(path: Path, schema: Features, ids: list[str], view_ix: list[int], labels: list[int],
+                 maps: torch.Tensor, prefixes: torch.Tensor | None) -> None:
+    """One chunk's rows of one variant dataset; `maps` and `prefixes` are float16 already."""
+    batch = {"image_id": ids, "view": view_ix, "label": labels, "features": maps.numpy()}
+    if prefixes is not None:
+        batch["prefix"] = prefixes.numpy()
+
+    def write(tmp: str) -> None:
+        with ArrowWriter(features=schema, path=tmp) as writer:
+            writer.write_batch(batch)
+            writer.finalize()
+
+    atomic_write(path, write)
+
+
+@contextlib.contextmanager
+def quiet_datasets():
+    """datasets' own per-save progress bars would drown featbench's one bar per backbone."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+# glibc's mallopt parameters and its defaults as a PyTorch process settles at them (the dynamic
+# mmap threshold climbs to its 32 MiB cap once large tensors are freed; trimming follows at twice it).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_SETTLED_MMAP_THRESHOLD = 32 * 2**20
+
+
+@contextlib.contextmanager
+def keep_freed_memory():
+    """Within the block, freed memory stays in the process for reuse (glibc; elsewhere a no-op).
+
+    glibc hands blocks over its mmap threshold (32 MiB at most) straight back to the kernel when
+    they are freed, so every forward pass faults in its activations afresh (hundreds of MiB per
+    batch of 50 images): measured on a 2-core CPU, about 40 % of the extraction's CPU time went
+    into page faults. Afterwards the thresholds go back to where glibc settles them and the kept
+    memory is released.
+    """
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, 2**31 - 1)
+    libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_THRESHOLD, _SETTLED_MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * _SETTLED_MMAP_THRESHOLD)
+        libc.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _split_dataset(ref: VariantRef, chunks: list[Chunk], split: str) -> datasets.Dataset:
+    """One split's shards as one memory-mapped dataset.
+
+    One table over all shards, fingerprinted by the key: a Dataset per shard, each fingerprinted
+    by dill-hashing its state, then concatenated, cost more than writing the data.
+    """
+    table = concat_tables([MemoryMappedTable.from_file(str(ref.partial / c.shard)) for c in chunks])
+    ds = datasets.Dataset(table, fingerprint=f"{ref.key[:16]}-{split}")
+    ds.set_format(None, columns=ds.column_names)  # as concatenate_datasets left it: state.json reads the same
+    return ds
+
+
+def _finalize(ref: VariantRef, chunks: list[Chunk], n_rows: dict[str, int]) -> int:
+    """Assemble the shards into a saved DatasetDict with its record; returns bytes on disk."""
+    dd = DatasetDict({split: _split_dataset(ref, [c for c in chunks if c.split == split], split) for split in SPLITS})
+    for split in SPLITS:
+        if len(dd[split]) != n_rows[split]:
+            raise DataError(f"{ref.partial}: {split} has {len(dd[split])} rows, expected {n_rows[split]}")
+    tmp = ref.path.with_name(ref.path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with quiet_datasets():
+        dd.save_to_disk(str(tmp))
+    files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*.arrow"))}
+    record = {"key": ref.key, "spec": ref.spec, "files": files, "rows": n_rows,
+              "columns": list(dd["train"].column_names), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (tmp / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))
+    shutil.rmtree(ref.path, ignore_errors=True)
+    os.replace(tmp, ref.path)
+    shutil.rmtree(ref.partial, ignore_errors=True)
+    return sum(p.stat().st_size for p in ref.path.rglob("*") if p.is_file())
+
+
+def build_suite(suite: Suite, images: str | Path | None = None, custom: bool = False, *,
+                backbones: Iterable[str] | None = None, batch_size: int = 32, compile: bool = False,
+                progress: bool = True, models: Mapping[str, Backbone] | None = None) -> tuple[Suite, BuildReport]:
+    """Extract and cache every variant dataset of `suite`; returns the suite built (custom or not).
+
+    `images` overrides the image folder; with `custom`, a folder that is not the pinned one
+    builds a custom suite (see `Suite.as_custom`). `compile` uses ``torch.compile`` for the
+    forward passes (worth its start-up time on full suites). `models` gives backbones already
+    loaded (say, compiled and warmed up by an earlier build), by name, to use instead of loading.
+    """
+    start = time.time()
+    source = suite.image_source(images, custom=custom)
+    if source.manifest_sha256 != suite.images.get("manifest_sha256"):
+        suite = suite.as_custom(source)
+    report = BuildReport(suite.name, n_images=len(source))
+    splits = split_by_name(source.records, suite.n_test)
+    n_rows = {s: len(splits[s]) * suite.views[s] for s in SPLITS}
+    images_per_chunk = max(1, batch_size // max(suite.views.values()))
+    chunks = _chunks(splits, images_per_chunk)
+    for name in backbones or suite.backbones:
+        todo, refs = _plan_backbone(suite, name, report)
+        if todo:
+            bb = (models or {}).get(name) or load_backbone(name, compile=compile)
+            with keep_freed_memory():
+                _build_backbone(suite, source, bb, refs, todo, chunks, n_rows, batch_size, progress, report)
+    report.seconds = time.time() - start
+    return suite, report
+
+
+def _plan_backbone(suite: Suite, backbone_name: str,
+                   report: BuildReport) -> tuple[dict[str, list[str]], dict[str, dict[str, VariantRef]]]:
+    """What is left to build of one backbone: {variant: layers}, and the refs of all its datasets."""
+    refs = {layer: variant_refs(suite, backbone_name, layer) for layer in suite.backbones[backbone_name]}
+    todo: dict[str, list[str]] = {}
+    for layer, by_variant in refs.items():
+        for variant, ref in by_variant.items():
+            label = f"{backbone_name}/{layer}/{variant}"
+            if is_built(ref):
+                report.reused.append(label)
+                report.bytes_on_disk += sum(p.stat().st_size for p in ref.path.rglob("*") if p.is_file())
+                continue
+            if ref.path.exists():  # damaged or stale: rebuilt, never used
+                report.rebuilt_corrupt.append(label)
+                shutil.rmtree(ref.path)
+            todo.setdefault(variant, []).append(layer)
+    return todo, refs
+
+
+@dataclass
+class Decoded:
+    """A chunk's views as float32 pixels N×3×H×W in [0, 255], with each row's columns."""
+
+    pixels: torch.Tensor
+    ids: list[str]
+    view_ix: list[int]
+    labels: list[int]
+
+
+def decode_chunk(suite: Suite, source: ImageSource, bb: Backbone, chunk: Chunk) -> Decoded:
+    """Decode each image of the chunk once; every variant derives from these pixels."""
+    pre = bb.spec.preprocessing
+    pixels, ids, view_ix, labels = [], [], [], []
+    for rec in chunk.records:
+        image = source.open(rec)
+        for v, px in enumerate(views(image, suite.views[chunk.split], pre.resize, pre.crop, pre.interpolation,
+                                     seed_for(suite.seed, rec.image_id))):
+            pixels.append(px)
+            ids.append(rec.image_id)
+            view_ix.append(v)
+            labels.append(rec.label)
+    return Decoded(torch.stack(pixels), ids, view_ix, labels)
+
+
+def variant_pixels(suite: Suite, rows: Decoded, manipulations: list[Manipulation | None]) -> Iterator[torch.Tensor]:
+    """The pixels of each variant in turn, made only when the batching reaches them."""
+    for m in manipulations:
+        if m is None:
+            yield rows.pixels
+        else:
+            yield m(rows.pixels, [seed_for(suite.seed, i, v, m.name) for i, v in zip(rows.ids, rows.view_ix)])
+
+
+def _build_backbone(suite: Suite, source: ImageSource, bb: Backbone, refs: dict[str, dict[str, VariantRef]],
+                    todo: dict[str, list[str]], chunks: list[Chunk], n_rows: dict[str, int], batch_size: int,
+                    progress: bool, report: BuildReport) -> None:
+    manipulations = {variant_name(m): m for m in suite.variants()}
+    schemas = {}
+    for layer in refs:
+        c, h, w = bb.layers[layer]
+        schemas[layer] = _features_schema((c, h, w), (c, bb.num_prefix_tokens) if bb.num_prefix_tokens else None)
+    bar = tqdm(chunks, desc=f"build {bb.name}", unit="chunk", disable=not progress)
+    for chunk in bar:
+        pending = {v: [layer for layer in ls if not (refs[layer][v].partial / chunk.shard).is_file()]
+                   for v, ls in todo.items()}
+        pending = {v: ls for v, ls in pending.items() if ls}
+        if not pending:
+            continue
+        # Decoding in a background thread while the network runs gained nothing on 2 cores.
+        rows = decode_chunk(suite, source, bb, chunk)
+        # One stream of batches for all pending variants: the union of their layers is extracted
+        # for each (the same layers, except after an interruption), and each keeps its own.
+        layers = sorted({layer for ls in pending.values() for layer in ls}, key=list(refs).index)
+        feats = _batched_features(bb, variant_pixels(suite, rows, [manipulations[v] for v in pending]),
+                                  layers, batch_size)
+        n = len(rows.ids)
+        for i, (variant, variant_layers) in enumerate(pending.items()):
+            for layer in variant_layers:
+                maps, prefixes = feats[layer]
+                _write_shard(refs[layer][variant].partial / chunk.shard, schemas[layer], rows.ids, rows.view_ix,
+                             rows.labels, maps[i * n:(i + 1) * n],
+                             None if prefixes is None else prefixes[i * n:(i + 1) * n])
+    bar.close()
+    for variant, variant_layers in todo.items():
+        for layer in variant_layers:
+            report.bytes_on_disk += _finalize(refs[layer][variant], chunks, n_rows)
+            report.built.append(f"{bb.name}/{layer}/{variant}")
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+def column_array(ds: datasets.Dataset, column: str) -> np.ndarray:
+    """A fixed-shape array column as one numpy array, without per-row conversion (float16 kept)."""
+    feature = ds.features[column]
+    shape = feature.shape
+    table = ds.with_format("arrow")[:][column]
+    chunks = []
+    for chunk in table.chunks:
+        values = chunk.storage if hasattr(chunk, "storage") else chunk
+        for _ in range(len(shape)):
+            values = values.flatten()
+        chunks.append(values.to_numpy(zero_copy_only=False).reshape(-1, *shape))
+    return np.concatenate(chunks) if chunks else np.zeros((0, *shape), dtype=feature.dtype)
+
+
+def column_tensor(ds: datasets.Dataset, column: str) -> torch.Tensor | None:
+    """`column_array` as a float32 tensor; None where the dataset has no such column (no prefix)."""
+    if column not in ds.column_names:
+        return None
+    return torch.from_numpy(column_array(ds, column)).float()
+
+
+@dataclass
+class TaskData:
+    """A task's data: ``train`` and ``test`` datasets with columns image_id, view, label, x and,
+    for the map track, y (plus x_prefix / y_prefix for vision transformers)."""
+
+    task: Task
+    train: datasets.Dataset
+    test: datasets.Dataset
+    record: dict  # variant keys and data hashes this task was read from
+
+    @property
+    def content_sha256(self) -> str:
+        """Hash over the task's spec and its data files."""
+        return sha256_json({"task": self.task.id, "version": self.task.version, **self.record})
+
+
+def load_variant(ref: VariantRef) -> tuple[DatasetDict, dict]:
+    record = read_record(ref)
+    return datasets.load_from_disk(str(ref.path)), record
+
+
+def load_task(suite: Suite, task: Task | str) -> TaskData:
+    """Read a built task (verified against its keys and data hashes); a clear error if not built."""
+    if isinstance(task, str):
+        task = suite.get_task(task)
+    refs = variant_refs(suite, task.backbone, task.layer)
+    try:
+        source, source_record = load_variant(refs[ORIGINAL])
+        parts = {"x": source}
+        records = {"x": {"key": refs[ORIGINAL].key, "files": source_record["files"]}}
+        if task.manipulation is not None:
+            ref = refs[task.manipulation.name]
+            target, target_record = load_variant(ref)
+            parts["y"] = target
+            records["y"] = {"key": ref.key, "files": target_record["files"]}
+    except DataError as exc:
+        raise DataError(f"task {task.id}: {exc}. Build it with `featbench build --suite {suite.name}`.") from exc
+    splits = {}
+    for split in SPLITS:
+        base = parts["x"][split]
+        cols = [base.rename_column("features", "x")]
+        if "prefix" in base.column_names:
+            cols[0] = cols[0].rename_column("prefix", "x_prefix")
+        if "y" in parts:
+            other = parts["y"][split]
+            if other["image_id"] != base["image_id"] or other["view"] != base["view"]:
+                raise DataError(f"task {task.id}: source and target rows of {split} are not aligned")
+            keep = [c for c in ("features", "prefix") if c in other.column_names]
+            y = other.select_columns(keep).rename_column("features", "y")
+            if "prefix" in keep:
+                y = y.rename_column("prefix", "y_prefix")
+            cols.append(y)
+        splits[split] = datasets.concatenate_datasets(cols, axis=1) if len(cols) > 1 else cols[0]
+    return TaskData(task, splits["train"], splits["test"], records)

@@ -1,0 +1,238 @@
+"""Suites and tasks: what is benchmarked, read from ``tasks/<suite>.yaml``.
+
+A suite pins an image source (by manifest hash), a split, the views per image, backbones with
+their layers, and manipulations. Its tasks are:
+
+- map track: ``map/<backbone>/<layer>/<manipulation>`` (predict the manipulated image's map);
+- invert track: ``invert/<backbone>/<layer>`` (reconstruct the image from its map).
+
+Each task's data are two or one *variant datasets* (the unmanipulated maps, shared by every task
+of that backbone and layer, and the manipulated ones), keyed by `variant_key`: a hash of
+everything the maps depend on. A suite version never changes once published.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from featbench.core.errors import DataError, FeatbenchError, UnknownNameError
+from featbench.core.hashing import sha256_json
+from featbench.data.images import ImageSource, folder_source, package_source
+from featbench.data.manipulations import Manipulation, get_manipulation
+from featbench.core.paths import PACKAGE_DIR, suites_dir
+
+# Bump when the stored layout or the extraction semantics change: every cached dataset and every
+# task hash depends on it, so results from different formats never mix.
+DATA_FORMAT_VERSION = 1
+
+ORIGINAL = "original"  # the variant name of the unmanipulated maps
+
+
+@dataclass(frozen=True)
+class Task:
+    suite: str
+    track: str  # "map" | "invert"
+    backbone: str
+    layer: str
+    manipulation: Manipulation | None  # None for the invert track
+    version: int
+
+    @property
+    def id(self) -> str:
+        parts = [self.track, self.backbone, self.layer]
+        if self.manipulation is not None:
+            parts.append(self.manipulation.name)
+        return "/".join(parts)
+
+    @property
+    def category(self) -> str | None:
+        return self.manipulation.category if self.manipulation else None
+
+
+@dataclass
+class Suite:
+    name: str
+    version: int
+    description: str
+    seed: int
+    images: dict[str, Any]
+    n_test: int
+    views: dict[str, int]
+    backbones: dict[str, list[str]]
+    manipulations: list[Manipulation]
+    tracks: list[str]
+    path: Path | None = None
+    # What `featbench run` does on this suite by default: {"models": [...], "time_budget_s": s}
+    run_defaults: dict[str, Any] = field(default_factory=dict)
+    # Pinned invert-track settings (classifier, image_size, sampler: {steps, guidance}); empty: the
+    # defaults of `featbench.scoring.invert_track.DEFAULT_SETTINGS`. Hashed into the spec when given.
+    invert: dict[str, Any] = field(default_factory=dict)
+
+    # -- tasks --------------------------------------------------------------------------------
+    @cached_property
+    def tasks(self) -> list[Task]:
+        out = []
+        for backbone, layers in self.backbones.items():
+            for layer in layers:
+                if "map" in self.tracks:
+                    out += [Task(self.name, "map", backbone, layer, m, self.version) for m in self.manipulations]
+                if "invert" in self.tracks:
+                    out.append(Task(self.name, "invert", backbone, layer, None, self.version))
+        return out
+
+    def select(self, pattern: str | None = None, track: str | None = None) -> list[Task]:
+        """Tasks whose id matches a glob (``map/*/blocks.6/*``) or contains `pattern`."""
+        tasks = [t for t in self.tasks if track is None or t.track == track]
+        if pattern:
+            tasks = [t for t in tasks if fnmatch.fnmatch(t.id, pattern) or pattern in t.id]
+            if not tasks:
+                raise UnknownNameError(f"no task of suite {self.name} matches {pattern!r}")
+        return tasks
+
+    def get_task(self, task_id: str) -> Task:
+        for t in self.tasks:
+            if t.id == task_id:
+                return t
+        raise UnknownNameError(f"suite {self.name} has no task {task_id!r}")
+
+    # -- images -------------------------------------------------------------------------------
+    def image_source(self, directory: str | Path | None = None, custom: bool = False) -> ImageSource:
+        """The suite's images, checked against its pinned manifest.
+
+        `directory` overrides where a folder source is read from; a folder whose manifest differs
+        from the pin is refused unless `custom` is set (the suite then becomes a custom one, with
+        other hashes, see `as_custom`).
+        """
+        spec = self.images
+        if spec["kind"] == "package":
+            source = package_source(spec["package"], spec["files"], self.name)
+        elif spec["kind"] == "folder":
+            path = Path(directory) if directory else self._default_image_dir()
+            source = folder_source(path, name=spec.get("name"), labels=spec.get("labels", "none"))
+        else:
+            raise FeatbenchError(f"suite {self.name}: unknown image source kind {spec['kind']!r}")
+        pinned = spec.get("manifest_sha256")
+        if pinned and source.manifest_sha256 != pinned and not custom:
+            raise DataError(
+                f"the images in {getattr(source.records[0].path, 'parent', '?')} are not suite {self.name}'s: "
+                f"their manifest hashes to {source.manifest_sha256[:16]}…, the suite pins {pinned[:16]}… "
+                f"({len(source)} images, the suite expects {spec.get('n_images', '?')}). Point --images at the "
+                "pinned folder, or pass --custom to build a custom suite from these images.")
+        return source
+
+    def _default_image_dir(self) -> Path:
+        env = os.environ.get("FEATBENCH_IMAGES")
+        if env:
+            return Path(env)
+        rel = self.images.get("default_path")
+        if rel is None:
+            raise DataError(f"suite {self.name} needs --images DIR")
+        # Relative to the checkout (tasks/ lives beside featbench/), so ../shared resolves.
+        for base in (PACKAGE_DIR.parent, Path.cwd()):
+            if (base / rel).is_dir():
+                return (base / rel).resolve()
+        raise DataError(f"suite {self.name}: image folder {rel} not found (looked beside the featbench checkout "
+                        "and in the working directory); pass --images DIR or set FEATBENCH_IMAGES")
+
+    def as_custom(self, source: ImageSource) -> "Suite":
+        """This suite's design over other images: named ``<name>+custom-<manifest>``, unpinned."""
+        images = dict(self.images, manifest_sha256=source.manifest_sha256, n_images=len(source))
+        name = f"{self.name}+custom-{source.manifest_sha256[:8]}"
+        return Suite(name, self.version, self.description, self.seed, images, self.n_test, self.views,
+                     self.backbones, self.manipulations, self.tracks, self.path, self.run_defaults, self.invert)
+
+    # -- hashes -------------------------------------------------------------------------------
+    def variants(self) -> list[Manipulation | None]:
+        """The unmanipulated variant (None) then every manipulation."""
+        return [None, *self.manipulations]
+
+    def variant_spec(self, manifest_sha256: str, backbone_fingerprint: dict, layer: str,
+                     manipulation: Manipulation | None) -> dict[str, Any]:
+        """Everything one variant dataset depends on; its hash is the dataset's cache key."""
+        return {
+            "format_version": DATA_FORMAT_VERSION,
+            "images_manifest_sha256": manifest_sha256,
+            "split": {"n_test": self.n_test, "method": "sha256(file name)"},
+            "views": self.views,
+            "seed": self.seed,
+            "backbone": backbone_fingerprint,
+            "layer": layer,
+            "variant": manipulation.spec() if manipulation else ORIGINAL,
+        }
+
+    def spec_dict(self) -> dict[str, Any]:
+        spec = {
+            "name": self.name, "version": self.version, "seed": self.seed, "images": self.images,
+            "n_test": self.n_test, "views": self.views, "backbones": self.backbones,
+            "manipulations": [m.spec() for m in self.manipulations], "tracks": self.tracks,
+            "format_version": DATA_FORMAT_VERSION,
+        }
+        if self.invert:  # only when given, so the hashes of suites without it stay as they were
+            spec["invert"] = self.invert
+        return spec
+
+    def spec_sha256(self) -> str:
+        return sha256_json(self.spec_dict())
+
+    def result_identity(self) -> dict[str, Any]:
+        """How a result file names the suite version it was run on."""
+        return {"name": self.name, "version": self.version, "spec_sha256": self.spec_sha256(),
+                "data_format_version": DATA_FORMAT_VERSION}
+
+
+def _manipulation(entry: str | dict) -> Manipulation:
+    if isinstance(entry, str):
+        return get_manipulation(entry)
+    return get_manipulation(entry["name"], **entry.get("params", {}))
+
+
+def _check_layers(suite: Suite) -> Suite:
+    from featbench.zoo.backbones import BACKBONES
+
+    for backbone, layers in suite.backbones.items():
+        spec = BACKBONES.get(backbone)
+        unknown = [layer for layer in layers if spec is not None and layer not in spec.layers]
+        if unknown:
+            raise UnknownNameError(f"suite {suite.name}: backbone {backbone} has no layer {', '.join(unknown)}; "
+                                   f"layers: {', '.join(spec.layers)}")
+    return suite
+
+
+def _suite_from_yaml(path: Path) -> Suite:
+    raw = yaml.safe_load(path.read_text())
+    try:
+        return _check_layers(Suite(
+            name=raw["name"], version=int(raw["version"]), description=raw.get("description", ""),
+            seed=int(raw.get("seed", 0)), images=raw["images"], n_test=int(raw["split"]["n_test"]),
+            views={"train": int(raw["views"]["train"]), "test": int(raw["views"]["test"])},
+            backbones={b: list(layers) for b, layers in raw["backbones"].items()},
+            manipulations=[_manipulation(m) for m in raw.get("manipulations", [])],
+            tracks=list(raw.get("tracks", ["map", "invert"])), path=path,
+            run_defaults=dict(raw.get("run_defaults", {})), invert=dict(raw.get("invert") or {}),
+        ))
+    except FeatbenchError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise FeatbenchError(f"suite file {path} is malformed: {type(exc).__name__}: {exc}") from exc
+
+
+def list_suites() -> list[str]:
+    return sorted(p.stem for p in suites_dir().glob("*.yaml"))
+
+
+def load_suite(name_or_path: str | Path) -> Suite:
+    """A suite by name (``tasks/<name>.yaml``) or by the path of a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return _suite_from_yaml(path)
+    candidate = suites_dir() / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        raise UnknownNameError(f"unknown suite {name_or_path!r}; known: {', '.join(list_suites())}")
+    return _suite_from_yaml(candidate)

@@ -1,0 +1,271 @@
+"""Image-level scores of the map track (DESIGN.md, "Metrics", image level).
+
+A suite pins, per (backbone, layer) that it scores in image space, one trained inverter checkpoint
+in its ``invert:`` section::
+
+    invert:
+      image_scores:
+        - {backbone: efficientnet_lite0, layer: blocks.6, inverter: decoder,
+           checkpoint_sha256: <64 hex digits>, n_images: 50}
+
+(optional per entry: ``seed``, the ``train-inverter --seed`` it was trained with, default 0).
+
+For a map task of a pinned (backbone, layer), the evaluator loads that inverter from
+``<cache>/inverters/<suite>/<backbone>/<layer>/<preset>/`` (`featbench.interfaces.checkpoints`: the file must
+hash to its record, and the record's sha256 must be the pinned one; a missing or different
+checkpoint is an error that names the ``featbench train-inverter`` command that trains it), and,
+on a fixed subset of ``n_images`` test rows (drawn once from the suite seed, the same for every
+task, model and run), inverts the prediction P and the target maps Y and scores
+
+- ``lpips_vs_manipulated``: LPIPS v0.1 (AlexNet) between invert(P) and the manipulated image;
+- ``lpips_vs_inverted_target``: LPIPS between invert(P) and invert(Y);
+- ``ssim_vs_manipulated``, ``ssim_vs_inverted_target``: SSIM likewise;
+
+each a mean over the subset with a seeded bootstrap interval (`featbench.scoring.metrics.score`). Images
+are compared at the inverter's resolution R (``resolution``, else the suite's invert image size).
+The manipulated image is the task's manipulation applied to the test view exactly as the task
+data were built (`featbench.data.storage`), then resized to R and rounded to 8 bits as the invert
+track's true images are (`featbench.data.targets.to_target`). Reconstructions are rounded to 8 bits
+too, so that invert(P) of a mapper that predicts Y exactly equals the cached invert(Y) and scores
+LPIPS 0, SSIM 1. Seeded samplers (featinv) are reset before each inversion, so invert(P) and
+invert(Y) share their noise.
+
+The manipulated images and invert(Y) are the same for every model: they are cached in
+``<cache>/image_scores/`` by a hash of everything they depend on; so are the scores of a
+prediction (identity and spatial reference points cost one inversion per task).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featbench.core.cache import cached_json, cached_tensor
+from featbench.core.errors import FeatbenchError
+from featbench.core.hashing import sha256_json, sha256_tensors
+from featbench.core.paths import cache_dir, suites_dir
+from featbench.data.images import seed_for
+from featbench.data.storage import column_tensor, load_task
+from featbench.data.targets import aligned_targets, manipulated_images, unit_to_uint8
+from featbench.interfaces.checkpoints import CheckpointError, read_record
+from featbench.interfaces.inverter import checkpoint_dir, resolve_inverter
+from featbench.scoring import metrics
+from featbench.scoring.invert_track import invert_all, invert_data, invert_info
+from featbench.scoring.runner import RunConfig
+
+# Bump when what is cached here changes meaning.
+IMAGE_CACHE_VERSION = 1
+METRICS = ("lpips_vs_manipulated", "lpips_vs_inverted_target", "ssim_vs_manipulated", "ssim_vs_inverted_target")
+
+
+class MissingCheckpointError(CheckpointError):
+    """The suite pins an inverter checkpoint that is not in the cache."""
+
+
+@dataclass(frozen=True)
+class Pin:
+    backbone: str
+    layer: str
+    inverter: str  # a registered inverter preset (or module:Class) with train()
+    checkpoint_sha256: str
+    n_images: int
+    seed: int = 0  # the training seed (train-inverter --seed)
+
+
+def pins(suite) -> dict[tuple[str, str], Pin]:
+    """The suite's ``invert.image_scores`` entries by (backbone, layer), checked."""
+    out = {}
+    for entry in (getattr(suite, "invert", None) or {}).get("image_scores", []) or []:
+        try:
+            pin = Pin(str(entry["backbone"]), str(entry["layer"]), str(entry["inverter"]),
+                      str(entry["checkpoint_sha256"]).lower(), int(entry["n_images"]), int(entry.get("seed", 0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FeatbenchError(f"suite {suite.name}: invert.image_scores entry {entry!r} is malformed ({exc}); "
+                                 "each needs backbone, layer, inverter, checkpoint_sha256, n_images") from exc
+        if len(pin.checkpoint_sha256) != 64 or any(c not in "0123456789abcdef" for c in pin.checkpoint_sha256):
+            raise FeatbenchError(f"suite {suite.name}: image_scores pin of {pin.backbone}/{pin.layer}: "
+                                 "checkpoint_sha256 must be 64 hex digits")
+        if pin.layer not in suite.backbones.get(pin.backbone, []):
+            raise FeatbenchError(f"suite {suite.name}: image_scores pins {pin.backbone}/{pin.layer}, "
+                                 "which is not one of its layers")
+        if pin.n_images < 1:
+            raise FeatbenchError(f"suite {suite.name}: image_scores n_images must be at least 1")
+        out[(pin.backbone, pin.layer)] = pin
+    return out
+
+
+def _suite_arg(suite) -> str:
+    path = getattr(suite, "path", None)
+    if path is None or Path(path).resolve() == (suites_dir() / f"{suite.name}.yaml").resolve():
+        return suite.name
+    return str(path)
+
+
+def train_command(suite, backbone: str, layer: str, preset: str, seed: int = 0) -> str:
+    cmd = f"featbench train-inverter --suite {_suite_arg(suite)} --backbone {backbone} --layer {layer} --preset {preset}"
+    return cmd + (f" --seed {seed}" if seed else "")
+
+
+def pinned_dir(suite, pin: Pin) -> Path:
+    """The cache folder that holds `pin`'s checkpoint (named by the preset's ``name``)."""
+    return checkpoint_dir(suite.name, pin.backbone, pin.layer, resolve_inverter(pin.inverter)().name)
+
+
+def load_inverter(suite, backbone: str, layer: str, preset: str, checkpoint_sha256: str | None = None,
+                  seed: int = 0):
+    """(inverter, resolution, checkpoint sha256): `preset` loaded from its trained checkpoint of
+    (suite, backbone, layer), never trained further. With `checkpoint_sha256`, the checkpoint must
+    be that one. A missing, damaged or different checkpoint raises `CheckpointError` naming the
+    command that trains it."""
+    cmd = train_command(suite, backbone, layer, preset, seed)
+    inverter = resolve_inverter(preset)()
+    if not hasattr(inverter, "train"):
+        raise FeatbenchError(f"inverter {preset!r} has no train() and no checkpoints; image-level scores need "
+                             "a trained preset (decoder, featinv-tiny, featinv-sd)")
+    directory = checkpoint_dir(suite.name, backbone, layer, inverter.name)
+    try:
+        record = read_record(directory)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; train it again with `{cmd} --restart`") from exc
+    if record is None:
+        raise MissingCheckpointError(
+            f"image-level scores of {backbone}/{layer} need suite {suite.name}'s {preset} inverter checkpoint, and "
+            f"{directory} has none: install it from the suite's published folder (featbench.board.publish.install_published), "
+            f"or train one with `{cmd}` and pin its sha256")
+    latest = record["latest"]
+    if checkpoint_sha256 is not None and latest["sha256"] != checkpoint_sha256:
+        raise CheckpointError(
+            f"the {preset} checkpoint in {directory} (step {latest['step']}, sha256 {latest['sha256'][:12]}…) is not "
+            f"the one suite {suite.name} pins for {backbone}/{layer} (sha256 {checkpoint_sha256[:12]}…); copy the "
+            f"pinned checkpoint folder there, or train it with `{cmd}` and pin the new sha256")
+    task = suite.get_task(f"invert/{backbone}/{layer}")
+    data = load_task(suite, task)
+    info = invert_info(suite, task, data, RunConfig(seed=seed, time_budget_s=None))
+    resolution = int(getattr(inverter, "resolution", None) or info.image_size)
+    train = invert_data(suite, data, info, resolution, "train")
+    try:
+        with torch.random.fork_rng():
+            report = inverter.train(train, directory=directory, max_steps=int(latest["step"]), progress=False)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc} (suite {suite.name}'s image-level scores of {backbone}/{layer}; "
+                              f"train it with `{cmd}`)") from exc
+    if report.step != report.start_step or (checkpoint_sha256 is not None and report.weights_sha256 != checkpoint_sha256):
+        raise CheckpointError(f"the {preset} checkpoint in {directory} changed while it was loaded; run again")
+    return inverter, resolution, report.weights_sha256
+
+
+def subset(n_rows: int, n_images: int, suite_seed: int) -> list[int]:
+    """The fixed test rows scored in image space: `n_images` of `n_rows`, drawn from the suite seed
+    (the first n of one seeded permutation, so a smaller subset lies inside a larger one)."""
+    order = np.random.default_rng(seed_for(suite_seed, "image_scores")).permutation(n_rows)
+    return sorted(int(i) for i in order[:n_images])
+
+
+def _cache_path(kind: str, key: str, suffix: str = "safetensors") -> Path:
+    return cache_dir() / "image_scores" / kind / f"{key[:40]}.{suffix}"
+
+
+def _rows_of(ds, rows: list[int]) -> list[tuple[str, int]]:
+    ids, views = ds["image_id"], ds["view"]
+    return [(ids[r], int(views[r])) for r in rows]
+
+
+# --- the scorer --------------------------------------------------------------------------------
+
+
+def _note_parts(n_images: int, inverter: str, checkpoint_sha256: str) -> tuple[str, str]:
+    """The parts of a task record's image-score note that name the subset and the checkpoint
+    (`ImageScorer.note` writes them, `record_is_current` looks for them)."""
+    return f"on {n_images} test images", f"inverter {inverter} (checkpoint sha256 {checkpoint_sha256[:12]}…)"
+
+
+class ImageScorer:
+    """Image-level scores of one map task's predictions (see the module docstring)."""
+
+    def __init__(self, suite, task, data, pin: Pin, tails, cfg, inverter=None):
+        self.task, self.pin, self.cfg = task, pin, cfg
+        loaded = tails.inverters if hasattr(tails, "inverters") else {}
+        if pin not in loaded:
+            loaded[pin] = inverter or load_inverter(suite, pin.backbone, pin.layer, pin.inverter,
+                                                    pin.checkpoint_sha256, pin.seed)
+        self.inverter, self.resolution, self.checkpoint_sha256 = loaded[pin]
+        test = data.test
+        self.rows = subset(len(test), pin.n_images, suite.seed)
+        self.row_ids = _rows_of(test, self.rows)
+        self.manipulated = manipulated_images(suite, task, tails.backbone(task.backbone), self.row_ids, self.resolution)
+        self.manipulated_key = sha256_tensors({"manipulated": self.manipulated})
+        self._original_args = (suite, task.backbone, test)
+        y, y_prefix = column_tensor(test, "y"), column_tensor(test, "y_prefix")
+        self.target_key = sha256_json({"version": IMAGE_CACHE_VERSION, "y": data.record["y"]["key"], "rows": self.rows,
+                                       "checkpoint": self.checkpoint_sha256, "inverter": pin.inverter,
+                                       "resolution": self.resolution})
+        self.inverted_target = cached_tensor(_cache_path("inverted_target", self.target_key), self.target_key,
+                                              lambda: self.invert_rows(y, y_prefix))
+
+    @property
+    def note(self) -> str:
+        subset, inverter = _note_parts(len(self.rows), self.pin.inverter, self.checkpoint_sha256)
+        return f"image-level scores {subset} at {self.resolution} px, {inverter}"
+
+    def invert_rows(self, maps: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
+        """invert() of the subset's rows of `maps` (all test rows), as uint8 images N×3×R×R."""
+        index = torch.tensor(self.rows)
+        reset = getattr(self.inverter, "reset_sampler", None)  # seeded samplers: the same noise every time
+        if reset is not None:
+            reset()
+        out = invert_all(self.inverter, maps[index], None if prefix is None else prefix[index], self.resolution)
+        return unit_to_uint8(out)
+
+    def originals(self) -> torch.Tensor:
+        """The subset's true (unmanipulated) test views at R, uint8, as the invert track's targets."""
+        suite, backbone, test = self._original_args
+        images = aligned_targets(suite, backbone, "test", [self.resolution], list(test["image_id"]),
+                                 [int(v) for v in test["view"]])[self.resolution]
+        return images[torch.tensor(self.rows)]
+
+    def score(self, pred: torch.Tensor, prefix: torch.Tensor | None) -> dict[str, dict]:
+        """The four image-level scores of a prediction of all test rows, with bootstrap intervals."""
+        index = torch.tensor(self.rows)
+        tensors = {"pred": pred[index]} | ({"prefix": prefix[index]} if prefix is not None else {})
+        key = sha256_json([sha256_tensors(tensors), self.target_key, self.manipulated_key, self.task.id,
+                           self.cfg.seed, self.cfg.n_boot, IMAGE_CACHE_VERSION])
+
+        def make() -> dict[str, dict]:
+            recon = self.invert_rows(pred, prefix)
+            components = {
+                "lpips_vs_manipulated": metrics.lpips(recon, self.manipulated, net="alex").numpy(),
+                "lpips_vs_inverted_target": metrics.lpips(recon, self.inverted_target, net="alex").numpy(),
+                "ssim_vs_manipulated": metrics.ssim(recon, self.manipulated).numpy(),
+                "ssim_vs_inverted_target": metrics.ssim(recon, self.inverted_target).numpy(),
+            }
+            stats = {name: (lambda c, n=name: float(np.mean(c[n]))) for name in METRICS}
+            seed = seed_for(self.cfg.seed, self.task.id, "bootstrap")
+            return {k: v.to_dict() for k, v in metrics.score(components, stats, n_boot=self.cfg.n_boot, seed=seed).items()}
+
+        return cached_json(_cache_path("scores", key, "json"), make)
+
+
+def record_is_current(suite, task, record: dict) -> bool:
+    """Whether a map task's stored record has the image-level scores that `suite` asks for: none
+    where it pins no inverter for the task's layer, those of the pinned checkpoint and subset where
+    it does. A resumed run rescores the tasks whose records are not (pinning a layer after results
+    were made rescores that layer's tasks and keeps the others)."""
+    pin = pins(suite).get((task.backbone, task.layer))
+    scored = set(METRICS) & set(record.get("metrics", {}))
+    if pin is None or task.manipulation is None:
+        return not scored
+    marks = _note_parts(pin.n_images, pin.inverter, pin.checkpoint_sha256)
+    return scored == set(METRICS) and any(all(m in note for m in marks) for note in record.get("notes", []))
+
+
+def for_task(suite, task, data, tails, cfg) -> ImageScorer | None:
+    """The image scorer of a map task whose (backbone, layer) the suite pins; None otherwise.
+    Raises `CheckpointError` (naming the train-inverter command) when the pinned checkpoint is
+    missing or not the pinned one."""
+    pin = pins(suite).get((task.backbone, task.layer))
+    if pin is None or task.manipulation is None:
+        return None
+    return ImageScorer(suite, task, data, pin, tails, cfg)

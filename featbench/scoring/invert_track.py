@@ -1,0 +1,304 @@
+"""The invert-track evaluator: fit an inverter on each invert task's training split, reconstruct the
+test images from their feature maps, score the reconstructions against the true images.
+
+Scores (DESIGN.md, "Metrics", invert track), each with a seeded bootstrap interval over test images,
+on reconstructions at the suite's image size S (``invert.image_size``, default 64 px; an inverter
+working at another resolution R has its output resized to S, bicubic with antialiasing):
+
+- ``lpips``: LPIPS v0.1 (AlexNet) between reconstruction and true image (`featbench.scoring.metrics.lpips`);
+- ``ssim``: SSIM (Wang et al., Gaussian window) between them (`featbench.scoring.metrics.ssim`);
+- ``lpips_shuffled``: LPIPS between each reconstruction and the true image of the next test row
+  (a fixed derangement), and ``lpips_gap`` = lpips_shuffled − lpips: how much closer a
+  reconstruction is to its own image than to another's, i.e. how much it uses its condition
+  (0 for any image that ignores the map, such as the mean image);
+- ``top1_agree``, ``jsd``, ``top1_acc``: the suite's classifier (``invert.classifier``, default
+  efficientnet_lite0, for every backbone) on the reconstruction, resized to its input size, vs
+  on the true image at the backbone's input size (`featbench.scoring.metrics.logit_components`);
+- ``feat_cos``: the task's backbone applied to the reconstruction (resized to its input size):
+  per image, the median over positions of the cosine between its map at the task's layer and the
+  given map, averaged over images (the map track's ``cos_median`` aggregation);
+- ``predict_per_s``: reconstructed images per second (the task record's throughput field);
+  ``fit_s`` as for the map track.
+
+Reference points beside every score: ``mean`` (the mean training image, for every test image),
+``downsampled`` (the true image at S: LPIPS 0 and SSIM 1 by construction; its classifier and
+feature scores are the ceiling that scoring at S allows), and, for inverters that can sample
+without their condition (``invert_unconditional(n)``), ``unconditional``. An inverter that raises,
+overruns its budget, or returns anything but N×3×R×R finite floats in [0, 1] fails that task with
+the reason recorded; the run goes on, and, as on the map track, the result file is rewritten
+after every task so that an interrupted run resumes.
+
+The targets are derived from the suite's pinned images as `featbench.interfaces.inverter.target_images`
+documents (each row's own view, resized, 8-bit), cached by key.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from featbench.core.cache import cached_json
+from featbench.core.errors import FeatbenchError
+from featbench.core.hashing import sha256_json
+from featbench.core.paths import cache_dir
+from featbench.data.images import seed_for
+from featbench.data.storage import TaskData, column_tensor, load_task
+from featbench.data.suites import Suite, Task
+from featbench.data.targets import aligned_targets, as_unit, manipulated_images, network_input, resize_images
+from featbench.interfaces.checkpoints import read_record
+from featbench.interfaces.inverter import InvertData, InvertInfo, Inverter, checkpoint_dir, resolve_inverter
+from featbench.interfaces.mapper import with_prefix
+from featbench.scoring import metrics
+from featbench.scoring.runner import (Models, RunConfig, add_described_notes, model_identity, new_task_record, noted,
+                                      run_tasks, seed_everything, timed_fit)
+
+INVERT_BATCH = 32
+SCORE_BATCH = 32
+# The suite's ``invert:`` section overrides these (and may pin ``sampler: {steps, guidance}``).
+DEFAULT_SETTINGS: dict[str, Any] = {"classifier": "efficientnet_lite0", "image_size": 64}
+# Bump when the invert metrics change, so cached reference points are recomputed.
+REFERENCE_CACHE_VERSION = 2
+
+
+def invert_settings(suite: Suite) -> dict[str, Any]:
+    return {**DEFAULT_SETTINGS, **(getattr(suite, "invert", None) or {})}
+
+
+def invert_info(suite: Suite, task: Task, data: TaskData, cfg: RunConfig) -> InvertInfo:
+    x = data.train.features["x"].shape
+    prefix = data.train.features["x_prefix"].shape if "x_prefix" in data.train.column_names else None
+    settings = invert_settings(suite)
+    return InvertInfo(task.id, suite.name, task.backbone, task.layer, tuple(x), prefix and tuple(prefix),
+                      int(settings["image_size"]), seed_for(cfg.seed, task.id), cfg.time_budget_s,
+                      data.content_sha256, settings)
+
+
+def invert_data(suite: Suite, data: TaskData, info: InvertInfo, resolution: int, split: str = "train") -> InvertData:
+    """A split's maps with their true images at `resolution` (N×3×R×R floats in [0, 1]); the
+    training split also offers its pairs under the suite's manipulations (`InvertData.with_manipulation`)."""
+    ds = getattr(data, split)
+    ids, views = list(ds["image_id"]), [int(v) for v in ds["view"]]
+    images = aligned_targets(suite, info.backbone, split, [resolution], ids, views)[resolution]
+    out = InvertData(info, column_tensor(ds, "x"), as_unit(images), ids, views, column_tensor(ds, "x_prefix"))
+    if split == "train" and "map" in suite.tracks:
+        out.manipulations = tuple(m.name for m in suite.manipulations)
+        models = Models()  # the backbone (for its preprocessing), loaded once for all manipulations
+        out.manipulated_loader = lambda name: _manipulated_train_data(suite, info, resolution, name, models)
+    return out
+
+
+def _manipulated_train_data(suite: Suite, info: InvertInfo, resolution: int, name: str,
+                            models: Models) -> InvertData:
+    """The map task's training rows: its targets y (the maps of the manipulated images) with the
+    manipulated images as true images."""
+    task = suite.get_task(f"map/{info.backbone}/{info.layer}/{name}")
+    ds = load_task(suite, task).train
+    ids, views = list(ds["image_id"]), [int(v) for v in ds["view"]]
+    images = manipulated_images(suite, task, models.backbone(info.backbone), list(zip(ids, views)), resolution,
+                                split="train")
+    return InvertData(info, column_tensor(ds, "y"), as_unit(images), ids, views, column_tensor(ds, "y_prefix"))
+
+
+# --- checks and inversion ----------------------------------------------------------------------
+
+
+def check_images(out: Any, n: int, size: int) -> torch.Tensor:
+    """`out` as float32 CPU images after checking type, shape, dtype, finiteness and range."""
+    if not isinstance(out, torch.Tensor):
+        raise FeatbenchError(f"invert returned {type(out).__name__}; expected a torch.Tensor")
+    want = (n, 3, size, size)
+    if tuple(out.shape) != want:
+        raise FeatbenchError(f"invert returned images of shape {tuple(out.shape)}; expected {want}")
+    if not out.is_floating_point():
+        raise FeatbenchError(f"invert returned images of dtype {out.dtype}; expected floats in [0, 1]")
+    out = out.detach().to("cpu", torch.float32)
+    if not torch.isfinite(out).all():
+        raise FeatbenchError(f"invert returned {int((~torch.isfinite(out)).sum())} non-finite values (NaN or inf)")
+    lo, hi = float(out.min()), float(out.max())
+    if lo < 0 or hi > 1:
+        raise FeatbenchError(f"invert returned values outside [0, 1] (min {lo:.4g}, max {hi:.4g})")
+    return out
+
+
+def invert_all(inverter: Inverter, x: torch.Tensor, prefix: torch.Tensor | None, size: int) -> torch.Tensor:
+    """`inverter`'s reconstructions of maps `x` (with their prefix), in batches, each checked (`check_images`)."""
+    out = []
+    for i in range(0, len(x), INVERT_BATCH):
+        xb = x[i:i + INVERT_BATCH].clone()
+        pb = None if prefix is None else prefix[i:i + INVERT_BATCH].clone()
+        with torch.inference_mode():
+            out.append(check_images(inverter.invert(with_prefix(xb, pb)), len(xb), size))
+    return torch.cat(out)
+
+
+# --- scores ------------------------------------------------------------------------------------
+
+
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([fn(x[i:i + SCORE_BATCH]) for i in range(0, len(x), SCORE_BATCH)])
+
+
+def _logits(models: Models, name: str, images: torch.Tensor) -> torch.Tensor:
+    """The classifier's logits of [0, 1] images, resized to its input size."""
+    clf = models.backbone(name)
+    if not clf.spec.has_head:
+        raise FeatbenchError(f"the suite's invert classifier {name} has no classification head")
+    return _batched(lambda b: clf.model(network_input(clf, b).contiguous(
+        memory_format=clf.input_memory_format)).float(), images)
+
+
+def _features(models: Models, task: Task, images: torch.Tensor) -> torch.Tensor:
+    bb = models.backbone(task.backbone)
+    return _batched(lambda b: bb.features(network_input(bb, b), [task.layer])[task.layer].float(), images)
+
+
+def _statistics() -> dict[str, Callable]:
+    stats = {"lpips": lambda c: float(np.mean(c["lpips"])), "ssim": lambda c: float(np.mean(c["ssim"])),
+             "lpips_shuffled": lambda c: float(np.mean(c["lpips_shuffled"])),
+             "lpips_gap": lambda c: float(np.mean(c["lpips_shuffled"]) - np.mean(c["lpips"]))}
+    stats |= metrics.LOGIT_STATISTICS
+    stats["feat_cos"] = lambda c: float(np.mean(c["feat_cos"]))
+    return stats
+
+
+class _Truth:
+    """A task's test targets: true images at the scored size, and the classifier's logits of the
+    true images at the backbone's input size."""
+
+    def __init__(self, suite: Suite, task: Task, data: TaskData, info: InvertInfo, models: Models):
+        ds = data.test
+        ids, views = list(ds["image_id"]), [int(v) for v in ds["view"]]
+        size, crop = info.image_size, models.backbone(task.backbone).spec.preprocessing.crop
+        imgs = aligned_targets(suite, task.backbone, "test", sorted({size, crop}), ids, views)
+        self.images = as_unit(imgs[size])
+        self.logits = _logits(models, info.settings["classifier"], as_unit(imgs[crop]))
+        self.x = column_tensor(ds, "x")
+        self.labels = torch.tensor(ds["label"])
+
+
+def score_images(recon: torch.Tensor, truth: _Truth, task: Task, info: InvertInfo, models: Models,
+                 cfg: RunConfig) -> dict[str, dict]:
+    """Every invert-track score of reconstructions at the scored size, with bootstrap intervals."""
+    components = {
+        "lpips": metrics.lpips(recon, truth.images, net="alex").numpy(),
+        # Each reconstruction against the next test row's true image (a fixed derangement).
+        "lpips_shuffled": metrics.lpips(recon, truth.images.roll(1, dims=0), net="alex").numpy(),
+        "ssim": metrics.ssim(recon, truth.images).numpy(),
+        **metrics.logit_components(_logits(models, info.settings["classifier"], recon), truth.logits, truth.labels),
+        "feat_cos": metrics.map_components(_features(models, task, recon), truth.x)["cos_median"],
+    }
+    seed = seed_for(cfg.seed, task.id, "bootstrap")
+    return {k: v.to_dict() for k, v in metrics.score(components, _statistics(), n_boot=cfg.n_boot, seed=seed).items()}
+
+
+def _reference_points(suite: Suite, task: Task, data: TaskData, info: InvertInfo, truth: _Truth, models: Models,
+                      cfg: RunConfig) -> dict[str, dict]:
+    """``mean`` and ``downsampled``, the same for every inverter: cached on disk."""
+    key = sha256_json([data.content_sha256, info.settings, cfg.seed, cfg.n_boot, REFERENCE_CACHE_VERSION, "invert"])
+
+    def make() -> dict[str, dict]:
+        ds = data.train
+        ids, views = list(ds["image_id"]), [int(v) for v in ds["view"]]
+        train_images = as_unit(aligned_targets(suite, task.backbone, "train", [info.image_size], ids, views)[info.image_size])
+        mean = train_images.mean(dim=0, keepdim=True).expand(len(truth.images), -1, -1, -1).contiguous()
+        return {"mean": score_images(mean, truth, task, info, models, cfg),
+                "downsampled": score_images(truth.images, truth, task, info, models, cfg)}
+
+    return cached_json(cache_dir() / "references" / f"{key}.json", make)
+
+
+def evaluate_invert_task(factory: Callable[[], Inverter], suite: Suite, task: Task, cfg: RunConfig,
+                         models: Models | None = None, references: bool = True) -> dict[str, Any]:
+    """Fit and score one invert task; returns its task record (status "ok" or "failed")."""
+    models = models or Models()
+    data = load_task(suite, task)
+    info = invert_info(suite, task, data, cfg)
+    record = new_task_record(task, data, cfg, notes=[
+        f"scored at {info.image_size} px; classifier {info.settings['classifier']}; "
+        "predict_per_s is reconstructed images per second"])
+    truth = _Truth(suite, task, data, info, models)
+    if references:
+        record["reference_points"] = _reference_points(suite, task, data, info, truth, models, cfg)
+    try:
+        seed_everything(info.seed)
+        inverter = factory()
+        resolution = int(getattr(inverter, "resolution", None) or info.image_size)
+        train = invert_data(suite, data, info, resolution, "train")
+        test_prefix = column_tensor(data.test, "x_prefix")
+        record["fit_s"] = timed_fit(lambda: inverter.fit(train), cfg.time_budget_s)
+        start = time.perf_counter()
+        recon = invert_all(inverter, truth.x, test_prefix, resolution)
+        record["predict_per_s"] = round(len(recon) / max(time.perf_counter() - start, 1e-9), 3)
+        unconditional = None
+        if hasattr(inverter, "invert_unconditional"):
+            with torch.inference_mode():
+                unconditional = check_images(inverter.invert_unconditional(len(recon)), len(recon), resolution)
+    except Exception as exc:  # a bad submission fails its task, never the run
+        record["status"] = "failed"
+        record["reason"] = f"{type(exc).__name__}: {exc}"
+        record["notes"].append(traceback.format_exc(limit=3)[-2000:])
+        return record
+    if resolution != info.image_size:
+        record["notes"].append(f"reconstructions at {resolution} px resized to {info.image_size} px (bicubic, antialiased)")
+    record["metrics"] = score_images(resize_images(recon, info.image_size).clamp(0, 1), truth, task, info, models, cfg)
+    if unconditional is not None:
+        record["reference_points"]["unconditional"] = score_images(
+            resize_images(unconditional, info.image_size).clamp(0, 1), truth, task, info, models, cfg)
+    described = inverter.describe() if hasattr(inverter, "describe") else {}
+    if described.get("n_params") is not None:
+        record["n_params"] = int(described["n_params"])
+    add_described_notes(record, described, ("steps", "stopped_by", "sampler", "weights_sha256"))
+    record["status"] = "ok"
+    return record
+
+
+def run_invert_track(factory: Callable[[], Inverter], suite: Suite, tasks: list[Task], out: str | Path,
+                     cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
+    """Evaluate invert `tasks`, writing the result file `out` after each one; resumes from `out`."""
+    model = model_identity(factory)
+    model["metadata"]["invert_settings"] = invert_settings(suite)
+    models = Models()
+    return run_tasks("invert", model, lambda task: evaluate_invert_task(factory, suite, task, cfg, models),
+                     suite, tasks, out, cfg, progress,
+                     reusable=lambda task, rec: scored_current_checkpoint(suite, task, model["name"], rec))
+
+
+def scored_current_checkpoint(suite: Suite, task: Task, inverter: str, record: dict) -> bool:
+    """Whether a kept task record still stands for the inverter's checkpoint in the cache: False
+    when `train-inverter` has since left a checkpoint other than the one the record names (so a
+    resumed run scores the new training); True when the record names none or no checkpoint is here."""
+    named = noted(record, "weights_sha256")
+    latest = read_record(checkpoint_dir(suite.name, task.backbone, task.layer, inverter))
+    return not named or latest is None or latest["latest"]["sha256"] == named[-1]
+
+
+# --- training ahead of a run -------------------------------------------------------------------
+
+
+def train_inverter(suite: Suite, backbone: str, layer: str, preset: str, *, seed: int = 0,
+                   max_steps: int | None = None, max_minutes: float | None = None, restart: bool = False,
+                   progress: bool = True):
+    """Train one (suite, backbone, layer) with a preset that has ``train`` (``featbench train-inverter``).
+
+    Checkpoints go to ``<cache>/inverters/<suite>/<backbone>/<layer>/<preset name>/``; a later call
+    (or `featbench run`'s fit, with the same seed) resumes from them.
+    """
+    task = suite.get_task(f"invert/{backbone}/{layer}")
+    inverter = resolve_inverter(preset)()
+    if not hasattr(inverter, "train"):
+        raise FeatbenchError(f"inverter {preset!r} has no train(); it is fitted by `featbench run` alone")
+    data = load_task(suite, task)
+    info = invert_info(suite, task, data, RunConfig(seed=seed, time_budget_s=None))
+    directory = checkpoint_dir(suite.name, backbone, layer, inverter.name)
+    if restart and directory.exists():
+        shutil.rmtree(directory)
+    train = invert_data(suite, data, info, int(getattr(inverter, "resolution", None) or info.image_size), "train")
+    return inverter.train(train, directory=directory, max_steps=max_steps,
+                          max_seconds=None if max_minutes is None else 60 * max_minutes, progress=progress)

@@ -1,0 +1,217 @@
+"""What every track's run shares: its settings, the fit's time budget, seeding, the models loaded
+once per run, the task record and its notes, the model's identity, and the run loop that writes
+the result file after every task (so an interrupted run resumes). The tracks themselves are
+`featbench.scoring.map_track` and `featbench.scoring.invert_track`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import featbench
+from featbench.core.cache import cached_tensor
+from featbench.core.errors import FeatbenchError
+from featbench.core.paths import cache_dir
+from featbench.core.plugins import source_sha256
+from featbench.core.results import (RESULT_SCHEMA_VERSION, ResultError, check_writable, environment_info, git_commit,
+                                    read_result, run_identity, write_result)
+from featbench.data.storage import TaskData, load_task
+from featbench.data.suites import Suite, Task
+from featbench.zoo.backbones import Backbone, load_backbone
+
+BATCH = 64  # maps per forward pass of a mapper or a tail
+# A fit may overrun its budget by this much (the mapper is told the budget and should stop in
+# time; the grace absorbs the last step) before it is interrupted and the task fails.
+BUDGET_GRACE = 1.25
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    n_boot: int = 1000
+    time_budget_s: float | None = None  # per task; None: no limit
+
+
+class BudgetExceeded(FeatbenchError):
+    pass
+
+
+def hard_limit(budget_s: float | None) -> float | None:
+    """When a fit given `budget_s` seconds is interrupted."""
+    return None if budget_s is None else budget_s * BUDGET_GRACE + 5
+
+
+@contextlib.contextmanager
+def _deadline(budget_s: float | None):
+    """Interrupt the body at `hard_limit(budget_s)` (main thread only; elsewhere checked afterwards)."""
+    seconds = hard_limit(budget_s)
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise BudgetExceeded(f"fit interrupted after {seconds:.0f} s: over its time budget ({budget_s:g} s)")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def timed_fit(fit: Callable[[], Any], budget_s: float | None) -> float:
+    """Run `fit` under its time budget; its wall seconds, or `BudgetExceeded` past the hard limit."""
+    start = time.perf_counter()
+    with _deadline(budget_s):
+        fit()
+    fit_s = round(time.perf_counter() - start, 3)
+    limit = hard_limit(budget_s)
+    if limit is not None and fit_s > limit:  # where no alarm could interrupt it (not the main thread)
+        raise BudgetExceeded(f"fit took {fit_s:.0f} s, over its time budget ({budget_s:g} s)")
+    return fit_s
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (before each fit, so that fits repeat)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Models:
+    """Backbones, loaded once per run, and the tail outputs of each task's test targets (cached
+    on disk by the targets' data key: every model's run of a task needs the same ones)."""
+
+    def __init__(self):
+        self.backbones: dict[str, Backbone] = {}
+        self.inverters: dict = {}  # the suite's pinned inverters for image-level scores, loaded once
+
+    def backbone(self, name: str) -> Backbone:
+        if name not in self.backbones:
+            self.backbones[name] = load_backbone(name)
+        return self.backbones[name]
+
+    def run(self, task: Task, maps: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
+        bb = self.backbone(task.backbone)
+        return torch.cat([bb.tail(task.layer, maps[i:i + BATCH],
+                                  None if prefix is None else prefix[i:i + BATCH])
+                          for i in range(0, len(maps), BATCH)])
+
+    def target(self, task: Task, key: str, maps: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
+        return cached_tensor(cache_dir() / "tails" / f"{key}.safetensors", key, lambda: self.run(task, maps, prefix))
+
+
+def new_task_record(task: Task, data: TaskData, cfg: RunConfig, notes: list[str] | None = None) -> dict[str, Any]:
+    """A task's record in a result file, before it is fitted and scored. Its first note gives the
+    threads it is scored with: the file's `environment` is that of its last run only, and a
+    resumed file can hold tasks scored under different settings (fit_s and predict_per_s vary)."""
+    return {
+        "task_id": task.id, "task_version": task.version, "task_sha256": data.content_sha256,
+        "category": task.category, "backbone": task.backbone, "layer": task.layer,
+        "n_train": len(data.train), "n_test": len(data.test), "fit_s": None, "predict_per_s": None,
+        "time_budget_s": cfg.time_budget_s, "metrics": {}, "reference_points": {},
+        "notes": [note("threads", torch.get_num_threads()), *(notes or [])],
+    }
+
+
+def note(key: str, value: Any) -> str:
+    """A task record's note of a named value (``key: value``), read back by `noted`."""
+    return f"{key}: {value}"
+
+
+def noted(record: dict, key: str) -> list[str]:
+    """The values of a record's `note(key, ...)` notes, in order."""
+    mark = note(key, "")
+    return [n[len(mark):] for n in record.get("notes", []) if n.startswith(mark)]
+
+
+def add_described_notes(record: dict, described: dict, keys: tuple[str, ...]) -> None:
+    """Note the model's own account (its ``describe()``) of each of `keys` that it gives."""
+    record["notes"].extend(note(key, described[key]) for key in keys if described.get(key) is not None)
+
+
+def model_identity(factory: Callable[[], Any]) -> dict[str, Any]:
+    probe = factory()
+    identity = {"name": str(getattr(probe, "name", type(probe).__name__)),
+                "version": str(getattr(probe, "version", "0")), "n_params": None,
+                "source_sha256": source_sha256(probe),
+                "metadata": {"class": f"{type(probe).__module__}.{type(probe).__qualname__}"}}
+    categories = getattr(probe, "categories", None)
+    if categories is not None:  # the leaderboard ranks the model on these categories' tasks only
+        identity["categories"] = sorted(categories)
+    return identity
+
+
+def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], dict[str, Any]], suite: Suite,
+              tasks: list[Task], out: str | Path, cfg: RunConfig, progress: bool = True,
+              device: str | None = None, reusable: Callable[[Task, dict], bool] | None = None) -> dict[str, Any]:
+    """Score `tasks` one by one with `evaluate`, rewriting the result file `out` after each.
+
+    A file left by an interrupted run of the same track, model (name, version and source), suite
+    version and seed is resumed: its scored tasks are kept where the task data are still the same,
+    and its records of tasks outside `tasks` are carried over as they are (a run of some tasks adds
+    to the file; it never drops the others). The file lists tasks in the suite's order.
+    `reusable(task, record)`, if given, must also accept a kept record (else the task is scored
+    again). `device` is the one recorded (default: the first CUDA device when there is one).
+    """
+    out = Path(out)
+    done: dict[str, dict] = {}
+    kept: list[dict] = []
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    previous_duration = 0.0
+    if out.exists():
+        prev = read_result(out)
+        same_run = run_identity(prev) == run_identity({"model": model, "suite": suite.result_identity()})
+        changed = [f"{what} {a!r} → {b!r}" for what, a, b in (
+            ("track", prev["track"], track), ("seed", prev["seed"], cfg.seed),
+            ("model source sha256", prev["model"]["source_sha256"], model["source_sha256"])) if a != b]
+        if same_run and changed and prev["tasks"]:
+            # Starting over would drop the file's records of tasks this run does not score.
+            raise ResultError(f"{out} holds {len(prev['tasks'])} task record(s) of {model['name']} "
+                              f"version {model['version']} that this run cannot resume ({'; '.join(changed)}); "
+                              "refusing to start the file over: bump the model's version, or move the file "
+                              "away or write elsewhere (featbench run --out)")
+        if same_run and not changed:
+            done = {t["task_id"]: t for t in prev["tasks"] if t["status"] == "ok"}
+            selected = {t.id for t in tasks}
+            kept = [t for t in prev["tasks"] if t["task_id"] not in selected]
+            started, previous_duration = prev["started_at"], prev["duration_s"]
+    order = {t.id: i for i, t in enumerate(suite.tasks)}
+    record = {
+        "schema_version": RESULT_SCHEMA_VERSION, "featbench_version": featbench.__version__, "git_commit": git_commit(),
+        "suite": suite.result_identity(), "track": track, "model": model, "seed": cfg.seed,
+        "environment": environment_info(device), "started_at": started, "duration_s": previous_duration,
+        "tasks": kept,
+    }
+    check_writable(out, record)
+    run_start = time.perf_counter()
+    bar = tqdm(tasks, desc=f"{model['name']} on {suite.name} ({track})", unit="task", disable=not progress)
+    for task in bar:
+        bar.set_postfix_str(task.id)
+        if task.id in done and done[task.id]["task_sha256"] == load_task(suite, task).content_sha256 \
+                and (reusable is None or reusable(task, done[task.id])):
+            result = done[task.id]  # scored before, on the same data
+        else:
+            result = evaluate(task)
+        record["tasks"] = sorted([t for t in record["tasks"] if t["task_id"] != task.id] + [result],
+                                 key=lambda t: order.get(t["task_id"], len(order)))
+        record["duration_s"] = round(previous_duration + time.perf_counter() - run_start, 3)
+        sizes = [t["n_params"] for t in record["tasks"] if t.get("n_params") is not None]
+        record["model"]["n_params"] = max(sizes) if sizes else None  # the largest task's instance
+        record = write_result(out, record)
+        record.pop("record_sha256")
+    return write_result(out, record)

@@ -1,0 +1,12 @@
+"""Stage 1, the models featbench reads features with: pinned weight assets (`assets`, from PyPI
+or the hub), their conversions to timm / torchvision layouts (`conversions`), and the backbone
+registry with layers, preprocessing and tails (`backbones`)."""
+
+from featbench.zoo.assets import Asset, get_asset, load_asset, register_asset
+from featbench.zoo.backbones import (BACKBONES, Backbone, BackboneSpec, Preprocessing, backbone_fingerprint,
+                                     list_backbones, load_backbone, register_backbone)
+
+__all__ = [
+    "Asset", "BACKBONES", "Backbone", "BackboneSpec", "Preprocessing", "backbone_fingerprint", "get_asset",
+    "list_backbones", "load_asset", "load_backbone", "register_asset", "register_backbone",
+]
