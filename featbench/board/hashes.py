@@ -119,7 +119,7 @@ class TaskHashes:
             "suite": self.suite.name, "version": self.suite.version, "spec_sha256": self.suite.spec_sha256(),
             "data_format_version": DATA_FORMAT_VERSION,
             "note": "Expected task_sha256 of each task, checked against every result file; see "
-                    "featbench.board.leaderboard.TaskHashes. Entries are only ever added.",
+                    "featbench.board.hashes.TaskHashes. Entries are only ever added.",
             "tasks": {t.id: self.entries[t.id] for t in self.suite.tasks if t.id in self.entries},
         }
         return json.dumps(obj, indent=1, sort_keys=True) + "\n"
