@@ -22,7 +22,7 @@ from featbench.data.storage import build_suite, is_built, variant_refs
 from featbench.data.suites import Suite, Task, load_suite
 from featbench.scoring.invert_track import run_invert_track
 from featbench.scoring.map_track import run_map_track
-from featbench.scoring.runner import RunConfig
+from featbench.scoring.runner import RunConfig, fit_budget
 
 
 def model_factory(model: Any, track: str = "map") -> Callable[[], Any]:
@@ -53,15 +53,15 @@ def evaluate(model: Any, suite: Suite | str, tasks: str | None = None, *, track:
              time_budget_s: float | None = None, progress: bool = True) -> dict[str, Any]:
     """Fit and score `model` on the `track` tasks of `suite` that match `tasks` (a glob such as
     ``map/*/blocks.6/*``, or a substring; all by default), writing the result file after every task.
-    `time_budget_s` caps each fit (default: the suite's ``run_defaults``)."""
+    `time_budget_s` caps each fit (default: `featbench.scoring.runner.fit_budget`)."""
     if track not in ("map", "invert"):
         raise FeatbenchError(f"unknown track {track!r}; choose map or invert")
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
     selected = suite.select(tasks, track=track)
     ensure_built(suite, selected, progress)
     factory = model_factory(model, track)
-    budget = time_budget_s if time_budget_s is not None else suite.run_defaults.get("time_budget_s")
-    cfg = RunConfig(seed=seed, n_boot=n_boot, time_budget_s=budget)
+    cfg = RunConfig(seed=seed, n_boot=n_boot,
+                    time_budget_s=fit_budget(factory, time_budget_s, suite.run_defaults.get("time_budget_s")))
     if out is None:
         name = model if isinstance(model, str) else getattr(factory(), "name", type(factory()).__name__)
         out = result_path(out_dir, name, suite.name)

@@ -48,6 +48,18 @@ class BudgetExceeded(FeatbenchError):
     pass
 
 
+def fit_budget(factory: Any, requested: float | None, suite_default: float | None) -> float | None:
+    """A model's fit budget per task: the one asked for (``--time-budget``), else the suite's run
+    default (so that a demo suite stays short), else the one the model declares (a ``time_budget_s``
+    attribute of its class), else none."""
+    if requested is not None:
+        return requested
+    if suite_default is not None:
+        return suite_default
+    declared = getattr(factory, "time_budget_s", None)
+    return None if declared is None else float(declared)
+
+
 def hard_limit(budget_s: float | None) -> float | None:
     """When a fit given `budget_s` seconds is interrupted."""
     return None if budget_s is None else budget_s * BUDGET_GRACE + 5

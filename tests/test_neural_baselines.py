@@ -1,0 +1,114 @@
+"""The gradient-trained reference mappers (baselines.neural): their start, recipes, seeds, budgets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import featbench as fb
+from baselines import neural
+from baselines.linear import Linear
+from featbench.scoring.runner import fit_budget
+
+C, H, W = 6, 4, 4
+TRAINED = [neural.MLPMapper, neural.CNNMapper, neural.TransformerMapper, neural.TransformerNoPosMapper]
+FEATMAP = [neural.MLPFeatMapMapper, neural.CNNFeatMapMapper, neural.TransformerFeatMapMapper]
+
+
+def _data(n: int = 24, budget: float | None = None, prefix: bool = False, seed: int = 0) -> fb.MapData:
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(C, C, generator=g) / C + torch.eye(C)
+    x = torch.randn(n, C, H, W, generator=g)
+    y = torch.tanh(torch.einsum("dc,nchw->ndhw", A, x)) + 0.1 * torch.randn(n, C, H, W, generator=g)
+    xp = torch.randn(n, C, 1, generator=g) if prefix else None
+    yp = (xp * 2 + 1) if prefix else None
+    info = fb.TaskInfo("t", "bb", "l", (C, H, W), (C, 1) if prefix else None, fb.get_manipulation("noise40"),
+                       0, budget)
+    return fb.MapData(info, x, y, [f"i{i}" for i in range(n)], xp, yp)
+
+
+def _maps(pred):
+    return pred[0] if isinstance(pred, tuple) else pred
+
+
+@pytest.mark.parametrize("cls", TRAINED)
+@pytest.mark.parametrize("prefix", [False, True])
+def test_residual_starts_exactly_at_the_linear_prediction(cls, prefix):
+    if prefix and cls is neural.CNNMapper:
+        pytest.skip("the CNN maps the grid only")
+    train = _data(prefix=prefix)
+    m = cls()
+    m.max_steps = 0  # no training: the prediction is the initialisation's
+    m.fit(train)
+    lin = Linear()
+    lin.fit(train)
+    x = train.x[:5].clone()
+    if prefix:
+        x.prefix = train.x_prefix[:5]
+    got, want = m.predict(x), lin.predict(x)
+    torch.testing.assert_close(_maps(got), _maps(want), atol=1e-5, rtol=1e-5)
+    if prefix:
+        torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5)
+    assert m.describe()["best_step"] == 0
+
+
+@pytest.mark.parametrize("cls", FEATMAP)
+def test_featmap_variants_use_featmaps_hyperparameters(cls):
+    m = cls()
+    assert (m.lr, m.weight_decay, m.batch_size, m.accumulation) == (1e-4, 1e-4, 32, 2)
+    assert (m.plateau_patience, m.patience, m.min_delta, m.max_epochs) == (8, 6, 1e-3, 100)
+    assert m.positional is False
+    assert m.name.endswith("-featmap")
+    train = _data()
+    m.max_epochs = 2
+    m.fit(train)
+    opt_lr = m.lr  # the loss is FeatMap's: 0.3·MSE + 0.7·(1 − median cosine)
+    p, t = torch.randn(2, 5, C), torch.randn(2, 5, C)
+    cos = torch.nn.functional.cosine_similarity(p, t, dim=2).median(dim=1).values.mean()
+    torch.testing.assert_close(neural.recipe_loss(p, t), 0.3 * ((p - t) ** 2).mean() + 0.7 * (1 - cos))
+    assert opt_lr == 1e-4 and m.describe()["epochs"] == 2
+
+
+@pytest.mark.parametrize("cls", [neural.MLPMapper, neural.TransformerMapper, neural.MLPFeatMapMapper])
+def test_training_is_deterministic_under_a_seed(cls):
+    preds = []
+    for _ in range(2):
+        m = cls()
+        if hasattr(m, "max_steps"):
+            m.max_steps = 30
+        else:
+            m.max_epochs = 3
+        m.fit(_data())
+        preds.append(_maps(m.predict(_data().x[:4])))
+        assert m.describe()["stopped_by"] in ("converged", "early_stopping", "max_epochs")
+    torch.testing.assert_close(preds[0], preds[1], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("cls", TRAINED + FEATMAP)
+def test_a_budget_stop_is_recorded_as_such(cls):
+    m = cls()
+    m.fit(_data(budget=1e-6))  # no step fits: the budget, not the schedule, ends training
+    d = m.describe()
+    assert d["stopped_by"] == "time_budget"
+    assert d["steps"] >= 1
+    assert torch.isfinite(_maps(m.predict(_data().x[:2]))).all()
+
+
+def test_mlp_learns_beyond_linear_on_a_nonlinear_relation():
+    train, test = _data(n=60), _data(n=20, seed=1)
+    lin = Linear()
+    lin.fit(train)
+    m = neural.MLPMapper()
+    m.fit(train)
+    err = lambda p: float(((p - test.y) ** 2).mean())  # noqa: E731
+    assert err(m.predict(test.x)) <= err(lin.predict(test.x))
+
+
+def test_declared_budget_applies_where_neither_user_nor_suite_sets_one():
+    assert fit_budget(neural.MLPMapper, None, None) == neural.MLPMapper.time_budget_s
+    assert fit_budget(neural.MLPMapper, 7, 20) == 7
+    assert fit_budget(neural.MLPMapper, None, 20) == 20
+    assert fit_budget(Linear, None, 20) == 20
+    assert fit_budget(Linear, None, None) is None
+    for cls in TRAINED + FEATMAP:
+        assert cls.time_budget_s and cls.time_budget_s > 0
