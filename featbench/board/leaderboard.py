@@ -1,6 +1,6 @@
 """The leaderboard of a suite version: result files in, tables (Markdown, CSV, JSON, HTML) out.
 
-Layout, for a suite ``S`` (DESIGN.md, "Results and leaderboard")::
+Layout, for a suite ``S`` (docs/design.md, "Results and leaderboard")::
 
     leaderboard/S/results/*.json    one result file per (model, track), as `featbench run` writes them
     leaderboard/S/task_hashes.json  the expected content hash of every task (see `TaskHashes`)

@@ -1,4 +1,4 @@
-"""Image-level scores of the map track (DESIGN.md, "Metrics", image level).
+"""Image-level scores of the map track (docs/design.md, "Metrics", image level).
 
 A suite pins, per (backbone, layer) that it scores in image space, one trained inverter checkpoint
 in its ``invert:`` section::

@@ -1,7 +1,7 @@
 """The invert-track evaluator: fit an inverter on each invert task's training split, reconstruct the
 test images from their feature maps, score the reconstructions against the true images.
 
-Scores (DESIGN.md, "Metrics", invert track), each with a seeded bootstrap interval over test images,
+Scores (docs/design.md, "Metrics", invert track), each with a seeded bootstrap interval over test images,
 on reconstructions at the suite's image size S (``invert.image_size``, default 64 px; an inverter
 working at another resolution R has its output resized to S, bicubic with antialiasing):
 

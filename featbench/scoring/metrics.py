@@ -1,4 +1,4 @@
-"""Scores of predictions against targets on the test split: DESIGN.md's "Metrics", formula by formula.
+"""Scores of predictions against targets on the test split: docs/design.md's "Metrics", formula by formula.
 
 Every headline metric is computed in two steps, so that a bootstrap over test images resamples it
 correctly:
@@ -443,7 +443,7 @@ def lpips_model(net: str = "alex", device: str | torch.device = "cpu") -> torch.
 def lpips(images_a: object, images_b: object, net: str = "alex") -> torch.Tensor:
     """LPIPS v0.1 distance of each image pair: a float64 CPU tensor of N values (0 for equal images).
 
-    `net` is ``"alex"`` (DESIGN.md's metric) or ``"vgg"``. Images as `_images_unit` accepts them
+    `net` is ``"alex"`` (docs/design.md's metric) or ``"vgg"``. Images as `_images_unit` accepts them
     (PIL images, uint8 or [0, 1] float arrays N×H×W×3, tensors N×3×H×W), both sides the same
     shape; they are scaled to [-1, 1] as LPIPS expects, at their own size (no resizing). Runs
     without gradients on the device of tensor inputs, else the CPU.
