@@ -38,7 +38,7 @@ def to_array(t: torch.Tensor) -> np.ndarray:
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """User registrations in a test go to a copy of the registry, not the shared one."""
-    monkeypatch.setattr(manip, "_REGISTRY", dict(manip._REGISTRY))
+    monkeypatch.setattr(manip, "_REGISTRY", manip._REGISTRY.copy())
 
 
 def test_builtins_are_listed_by_category():

@@ -43,7 +43,13 @@ class Registry(dict, Generic[T]):
         try:
             return self[name]
         except KeyError:
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {', '.join(self)}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self))}") from None
+
+    def copy(self) -> "Registry[T]":
+        """A registry of the same kind with the same entries (tests register into a copy)."""
+        out = Registry(self.kind, self.error)
+        out.update(self)
+        return out
 
 
 def load_object(module_path: str, attr: str) -> Any:

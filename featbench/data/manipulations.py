@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from featbench.core.errors import FeatbenchError, UnknownNameError
+from featbench.core.plugins import Registry
+from featbench.core.errors import FeatbenchError
 from featbench.data.images import to_uint8
 
 CATEGORIES = ("geometric", "photometric", "local", "semantic")
@@ -51,7 +52,7 @@ class _Entry:
     check: Callable[[Mapping[str, Any]], None] | None
 
 
-_REGISTRY: dict[str, _Entry] = {}
+_REGISTRY: Registry[_Entry] = Registry("manipulation")
 
 
 @dataclass(frozen=True)
@@ -139,9 +140,7 @@ def get_manipulation(name: str, **params: Any) -> Manipulation:
     Unknown names raise :class:`UnknownNameError`; unknown parameter names or values that are not
     allowed raise :class:`FeatbenchError`.
     """
-    entry = _REGISTRY.get(name)
-    if entry is None:
-        raise UnknownNameError(f"unknown manipulation {name!r}; known: {', '.join(_REGISTRY)}")
+    entry = _REGISTRY.lookup(name)
     unknown = sorted(set(params) - set(entry.defaults))
     if unknown:
         allowed = ", ".join(entry.defaults) or "none"
@@ -185,8 +184,6 @@ def register_manipulation(
     does not allow. Bump ``version`` whenever the output for the same params changes, so that
     cached results are recomputed.
     """
-    if name in _REGISTRY:
-        raise FeatbenchError(f"manipulation {name!r} is already registered")
     if category not in CATEGORIES:
         raise ManipulationParamError(f"unknown category {category!r}; allowed: {', '.join(CATEGORIES)}")
     if (category == "geometric") != (grid_fn is not None):
@@ -198,7 +195,7 @@ def register_manipulation(
     frozen = _frozen_params(name, defaults)
     if check is not None:
         check(frozen)  # a default that its own check rejects is a bug; catch it here, not at first use
-    _REGISTRY[name] = _Entry(category, fn, frozen, grid_fn, seeded, version, check)
+    _REGISTRY.add(name, _Entry(category, fn, frozen, grid_fn, seeded, version, check))
 
 
 # --- parameter handling -------------------------------------------------------------------------

@@ -36,7 +36,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from featbench.zoo import conversions
-from featbench.core.errors import AssetError, UnknownNameError
+from featbench.core.plugins import Registry
+from featbench.core.errors import AssetError
 from featbench.core.hashing import sha256_file, sha256_tensors
 from featbench.core.paths import cache_dir
 
@@ -88,21 +89,15 @@ class Asset:
     hub: HubFile | TorchvisionFile | None = None
 
 
-ASSETS: dict[str, Asset] = {}
+ASSETS: Registry[Asset] = Registry("asset", AssetError)
 
 
 def register_asset(asset: Asset) -> Asset:
-    if asset.name in ASSETS:
-        raise AssetError(f"asset {asset.name!r} is already registered")
-    ASSETS[asset.name] = asset
-    return asset
+    return ASSETS.add(asset.name, asset)
 
 
 def get_asset(name: str) -> Asset:
-    try:
-        return ASSETS[name]
-    except KeyError:
-        raise UnknownNameError(f"unknown asset {name!r}; known: {', '.join(sorted(ASSETS))}") from None
+    return ASSETS.lookup(name)
 
 
 def _env_var(name: str) -> str:

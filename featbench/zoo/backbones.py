@@ -34,6 +34,7 @@ from torchvision.transforms import InterpolationMode
 
 from featbench.zoo import assets
 from featbench.zoo import conversions
+from featbench.core.plugins import Registry
 from featbench.core.errors import AssetError, FeatbenchError, UnknownNameError
 from featbench.core.hashing import sha256_tensors
 
@@ -69,14 +70,11 @@ class BackboneSpec:
     description: str = ""
 
 
-BACKBONES: dict[str, BackboneSpec] = {}
+BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:
-    if spec.name in BACKBONES:
-        raise FeatbenchError(f"backbone {spec.name!r} is already registered")
-    BACKBONES[spec.name] = spec
-    return spec
+    return BACKBONES.add(spec.name, spec)
 
 
 def list_backbones() -> list[str]:
