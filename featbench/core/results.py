@@ -1,6 +1,6 @@
 """Result files: one JSON per (model, suite version) run, validated against a schema and sealed.
 
-The schema is ``featbench/schema/result.schema.json`` (JSON Schema draft 2020-12). A record is
+The schema is ``featbench/core/schema/result.schema.json`` (JSON Schema draft 2020-12). A record is
 *sealed* by its ``record_sha256``: the sha256 of `featbench.core.hashing.canonical_json` of the record
 without that field, so any edit after writing (a hand-tuned number) is detected on reading.
 Only `write_result` puts result files on disk: it validates, seals and replaces atomically.
@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import re
 import subprocess
-import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,6 +20,7 @@ from typing import Any, Iterator
 import jsonschema
 import torch
 
+from featbench.core.cache import write_bytes
 from featbench.core.errors import FeatbenchError
 from featbench.core.hashing import sha256_json
 from featbench.core.paths import PACKAGE_DIR
@@ -166,20 +165,8 @@ def write_result(path: str | Path, obj: dict[str, Any], *, overwrite: bool = Fal
     validate_result(record, where=str(path))
     if path.exists() and not overwrite:
         _check_same_run(path, record)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Indented for people and diffs; the hash is over canonical JSON, so layout does not matter.
-    text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a result file is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return record
 
 

@@ -23,8 +23,6 @@ state, a resumed run ends at the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from featbench.core.cache import atomic_write, write_json
 from featbench.core.errors import FeatbenchError
 from featbench.core.hashing import sha256_file, sha256_json
 from featbench.data.images import seed_for
@@ -44,29 +43,6 @@ FORMAT = 1
 
 class CheckpointError(FeatbenchError):
     """A checkpoint is damaged, tampered with, or belongs to another training."""
-
-
-def _atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-
-    _atomic_write_bytes(path, write)
 
 
 def read_record(directory: str | Path) -> dict[str, Any] | None:
@@ -93,14 +69,14 @@ def save_checkpoint(directory: str | Path, tensors: Mapping[str, torch.Tensor], 
     name = f"step-{step:08d}.safetensors"
     path = directory / name
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _atomic_write_bytes(path, lambda tmp: save_file(flat, tmp, metadata={"step": str(step)}))
+    atomic_write(path, lambda tmp: save_file(flat, tmp, metadata={"step": str(step)}))
     previous = read_record(directory) if (directory / RECORD).is_file() else None
     history = [h for h in (previous or {}).get("history", []) if h["file"] != name]
     entry = {"file": name, "sha256": sha256_file(path), "step": int(step), "state": state,
              "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     history = (history + [{k: entry[k] for k in ("file", "sha256", "step")}])[-keep:]
-    _write_json(directory / RECORD, {"format": FORMAT, "identity": identity, "identity_sha256": sha256_json(identity),
-                                     "latest": entry, "history": history})
+    write_json(directory / RECORD, {"format": FORMAT, "identity": identity, "identity_sha256": sha256_json(identity),
+                                     "latest": entry, "history": history}, indent=1, sort_keys=True)
     for stale in directory.glob("step-*.safetensors"):
         if stale.name not in {h["file"] for h in history}:
             stale.unlink(missing_ok=True)

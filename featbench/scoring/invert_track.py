@@ -55,7 +55,7 @@ from featbench.interfaces.checkpoints import read_record
 from featbench.interfaces.inverter import InvertData, InvertInfo, Inverter, checkpoint_dir, resolve_inverter
 from featbench.interfaces.mapper import with_prefix
 from featbench.scoring import metrics
-from featbench.scoring.runner import (Models, RunConfig, add_described_notes, model_identity, new_task_record, noted,
+from featbench.scoring.runner import (Models, RunConfig, model_identity, new_task_record, noted, record_description,
                                       run_tasks, seed_everything, timed_fit)
 
 INVERT_BATCH = 32
@@ -251,10 +251,7 @@ def evaluate_invert_task(factory: Callable[[], Inverter], suite: Suite, task: Ta
     if unconditional is not None:
         record["reference_points"]["unconditional"] = score_images(
             resize_images(unconditional, info.image_size).clamp(0, 1), truth, task, info, models, cfg)
-    described = inverter.describe() if hasattr(inverter, "describe") else {}
-    if described.get("n_params") is not None:
-        record["n_params"] = int(described["n_params"])
-    add_described_notes(record, described, ("steps", "stopped_by", "sampler", "weights_sha256"))
+    record_description(record, inverter, ("steps", "stopped_by", "sampler", "weights_sha256"))
     record["status"] = "ok"
     return record
 

@@ -30,7 +30,7 @@ from featbench.data.storage import TaskData, column_tensor, load_task
 from featbench.data.suites import Suite, Task
 from featbench.interfaces.mapper import MapData, Mapper, TaskInfo, with_prefix
 from featbench.scoring import image_scores, metrics
-from featbench.scoring.runner import (BATCH, Models, RunConfig, add_described_notes, model_identity, new_task_record,
+from featbench.scoring.runner import (BATCH, Models, RunConfig, model_identity, new_task_record, record_description,
                                       run_tasks, seed_everything, timed_fit)
 
 # Bump when the metrics change, so cached scores are recomputed.
@@ -150,13 +150,10 @@ def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, c
     record["metrics"] = _scores(task, tails, pred, pred_prefix, test.y, test.y_prefix, target_key, labels, cfg)
     if images:
         record["metrics"] |= images.score(pred, pred_prefix)
-    described = mapper.describe() if hasattr(mapper, "describe") else {}
+    described = record_description(record, mapper, ("stopped_by", "ridge", "epochs", "steps"))
     if "linear" in described:
         W, b = described["linear"]
         record["linear_structure"] = metrics.linear_structure(W, b, test.x)
-    if described.get("n_params") is not None:
-        record["n_params"] = int(described["n_params"])
-    add_described_notes(record, described, ("stopped_by", "ridge", "epochs", "steps"))
     record["status"] = "ok"
     return record
 

