@@ -34,6 +34,27 @@ def _cmd_tasks(args: argparse.Namespace) -> None:
         print(tabulate(rows, headers=["task", "category", "version", "data key", "built"]))
 
 
+def _cmd_init_suite(args: argparse.Namespace) -> None:
+    from featbench.data.custom_suites import init_suite
+
+    backbones = None
+    if args.backbone:
+        if args.layers and len(args.backbone) > 1:
+            raise FeatbenchError("--layers goes with one --backbone; for several, write --backbone NAME:L1,L2")
+        backbones = {}
+        for entry in args.backbone:
+            name, _, layers = entry.partition(":")
+            backbones[name] = layers.split(",") if layers else args.layers
+    suite = init_suite(args.images, args.out, base=args.base, name=args.name, backbones=backbones,
+                       n_test=args.n_test, test_fraction=args.test_fraction, labels=args.labels)
+    n_train = suite.images["n_images"] - suite.n_test
+    print(f"wrote {args.out}: suite {suite.name}, {suite.images['n_images']} images ({n_train} train / {suite.n_test} "
+          f"test), labels {suite.images['labels']}, manifest sha256 {suite.images['manifest_sha256']}")
+    print(f"{len(suite.select(track='map'))} map + {len(suite.select(track='invert'))} invert tasks on "
+          f"{', '.join(f'{b} ({len(ls)} layers)' for b, ls in suite.backbones.items())}")
+    print(f"next: featbench build --suite {args.out}   then   featbench run --suite {args.out} --out-dir leaderboard")
+
+
 def _cmd_build(args: argparse.Namespace) -> None:
     from featbench.data.storage import build_suite
     from featbench.data.suites import load_suite
@@ -43,7 +64,8 @@ def _cmd_build(args: argparse.Namespace) -> None:
                                 compile=not args.no_compile, backbones=args.backbone or None)
     print(report.summary())
     if built.name != suite.name:
-        print(f"note: built the custom suite {built.name} (images differ from {suite.name}'s pinned manifest)")
+        print(f"note: built the custom suite {built.name} (images differ from {suite.name}'s pinned manifest); "
+              f"score it with `featbench run --suite {built.name}` (its file: {built.path})")
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
@@ -105,9 +127,14 @@ def _cmd_show(args: argparse.Namespace) -> None:
 
 def _cmd_validate(args: argparse.Namespace) -> None:
     from featbench.core.results import read_result
+    from featbench.data.suites import load_suite
 
+    suite = load_suite(args.suite) if args.suite else None
     for path in args.files:
         res = read_result(path)
+        if suite is not None and res["suite"]["spec_sha256"] != suite.spec_sha256():
+            raise FeatbenchError(f"{path} was scored on suite {res['suite']['name']} (spec "
+                                 f"{res['suite']['spec_sha256'][:12]}…), not on {suite.name} (spec {suite.spec_sha256()[:12]}…)")
         print(f"{path}: valid ({res['model']['name']} {res['model']['version']} on "
               f"{res['suite']['name']} v{res['suite']['version']}, {len(res['tasks'])} tasks)")
 
@@ -160,17 +187,37 @@ def _cmd_publish(args: argparse.Namespace) -> None:
     print(out.summary() if args.dry_run else f"published: {out}")
 
 
+SUITE_HELP = "a suite name (featbench tasks lists them) or a suite file (featbench init-suite writes one)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="featbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("tasks", help="list suites and their tasks with data keys")
-    p.add_argument("--suite", help="list this suite's tasks")
+    p.add_argument("--suite", help="list this suite's tasks: " + SUITE_HELP)
     p.add_argument("--tasks", help="only tasks matching this glob or substring")
     p.set_defaults(func=_cmd_tasks)
 
+    p = sub.add_parser("init-suite", help="write a suite file for a folder of your own images (then build, run, "
+                                          "leaderboard with --suite FILE)")
+    p.add_argument("--images", required=True, help="image folder (sub-folders too), or hf:ORG/NAME@REVISION")
+    p.add_argument("-o", "--out", required=True, help="the suite file to write, e.g. my-suite.yaml")
+    p.add_argument("--from", dest="base", default="featbench-v1",
+                   help="suite whose design (backbones, layers, manipulations, views) to take (default featbench-v1)")
+    p.add_argument("--name", help="suite name (default: the file name without .yaml)")
+    p.add_argument("--backbone", action="append",
+                   help="a backbone to use instead of the design's (repeatable); NAME or NAME:LAYER1,LAYER2")
+    p.add_argument("--layers", nargs="+", help="layers of the one --backbone (default: the design's, else all)")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--n-test", type=int, help="test images to hold out")
+    split.add_argument("--test-fraction", type=float, help="fraction of the images to hold out (default 0.2)")
+    p.add_argument("--labels", help="label scheme (default: inferred from the folder): none, imagenet-wnid, "
+                                    "class-id, imagefolder or csv:FILE")
+    p.set_defaults(func=_cmd_init_suite)
+
     p = sub.add_parser("build", help="extract and cache a suite's task data")
-    p.add_argument("--suite", required=True)
+    p.add_argument("--suite", required=True, help=SUITE_HELP)
     p.add_argument("--images", help="image folder (default: the suite's pinned location)")
     p.add_argument("--custom", action="store_true",
                    help="accept images that differ from the suite's pinned manifest (builds a custom suite)")
@@ -183,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append",
                    help="registered name (linear), module.path:Class or file.py:Class; repeatable. "
                         "Default: the suite's reference baselines")
-    p.add_argument("--suite", default="mini", help="default: mini, the embedded demo suite")
+    p.add_argument("--suite", default="mini", help=SUITE_HELP + "; default: mini, the embedded demo suite")
     p.add_argument("--tasks", help="only tasks matching this glob or substring")
     p.add_argument("--out", help="result file (default: <out-dir>/<suite>/results/<model>.json)")
     p.add_argument("--out-dir", default="results", help="default: ./results")
@@ -197,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-inverter", help="train an inverter preset on one backbone and layer, with "
                                               "checkpoints and resume (for `run --track invert`)")
-    p.add_argument("--suite", required=True)
+    p.add_argument("--suite", required=True, help=SUITE_HELP)
     p.add_argument("--backbone", required=True)
     p.add_argument("--layer", required=True)
     p.add_argument("--preset", required=True, help="a registered inverter with train(): decoder, featinv-tiny, featinv-sd")
@@ -210,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="write a PNG grid: original, manipulated, inverted target and each model's "
                                     "inverted prediction, for chosen map tasks and test images")
-    p.add_argument("--suite", required=True)
+    p.add_argument("--suite", required=True, help=SUITE_HELP)
     p.add_argument("--tasks", required=True, help="map tasks matching this glob or substring")
     p.add_argument("--images", type=int, default=4, help="test images per task (the first of the image-score subset)")
     p.add_argument("--model", action="append", help="a model to re-fit and show, as for run; repeatable")
@@ -225,13 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check result files against the schema and their hashes")
     p.add_argument("files", nargs="+")
+    p.add_argument("--suite", help="also check that each file was scored on this suite (its spec hash): " + SUITE_HELP)
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("leaderboard", help="build or show a suite's leaderboard from its result files")
     lb = p.add_subparsers(dest="leaderboard_command", required=True)
     q = lb.add_parser("build", help="check leaderboard/<suite>/results/*.json and write LEADERBOARD.md, "
                                     "leaderboard.csv, leaderboard.json, index.html")
-    q.add_argument("--suite", required=True)
+    q.add_argument("--suite", required=True, help=SUITE_HELP)
     q.add_argument("--root", help="leaderboard folder with results/ (default: leaderboard/<suite>)")
     q.add_argument("--out", help="write the files here (default: the leaderboard folder)")
     q.add_argument("--no-built-data", action="store_true",
@@ -239,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--screenshot", action="store_true", help="also write screenshot.png (needs headless Chromium)")
     q.set_defaults(func=_cmd_leaderboard_build)
     q = lb.add_parser("show", help="print the leaderboard table in the terminal")
-    q.add_argument("--suite", default="featbench-v1")
+    q.add_argument("--suite", default="featbench-v1", help=SUITE_HELP)
     q.add_argument("--track", choices=["map", "invert"])
     q.add_argument("--sort", help="rank (default), model, params, fit_s, predict_per_s, a headline score "
                                   "(mean over tasks) or CATEGORY/SCORE, e.g. geometric/r2")
@@ -248,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-built-data", action="store_true", help="as for build")
     q.set_defaults(func=_cmd_leaderboard_show)
     q = lb.add_parser("compare", help="models side by side per category and layer (a Markdown table)")
-    q.add_argument("--suite", default="featbench-v1")
+    q.add_argument("--suite", default="featbench-v1", help=SUITE_HELP)
     q.add_argument("--models", default="identity,linear,mlp,transformer", help="comma-separated")
     q.add_argument("--metrics", default="r2,top1_agree", help="comma-separated")
     q.add_argument("--track", choices=["map", "invert"], default="map")
@@ -267,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_submit_check)
 
     p = sub.add_parser("publish", help="push a suite's task data and leaderboard to the Hugging Face Hub")
-    p.add_argument("--suite", required=True)
+    p.add_argument("--suite", required=True, help=SUITE_HELP)
     p.add_argument("--repo", required=True, help="dataset repository ORG/NAME")
     p.add_argument("--dry-run", metavar="DIR", help="write what would be uploaded into DIR, upload nothing")
     p.add_argument("--leaderboard", help="leaderboard folder to include (default: leaderboard/<suite>)")

@@ -109,7 +109,7 @@ def collect(suite: Suite, root: str | Path, use_built_data: bool = True) -> Coll
             if tid in hashes.conflicts:
                 seen = "; ".join(f"{h[:12]} in {', '.join(sorted(fs))}" for h, fs in sorted(hashes.conflicts[tid].items()))
                 problems.append(f"task {tid}: result files disagree on its hash ({seen}) and neither built data nor "
-                                f"{HASHES_FILE} settles it (run `featbench build --suite {suite.name}` and rebuild)")
+                                f"{HASHES_FILE} settles it (run `featbench build --suite {suite.cli_name}` and rebuild)")
             elif digest != hashes.entries[tid]["sha256"]:
                 problems.append(f"task {tid}: task_sha256 {digest[:12]} is not the suite's {hashes.entries[tid]['sha256'][:12]} "
                                 f"({hashes.entries[tid]['source']}): it ran on other data")

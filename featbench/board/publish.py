@@ -175,7 +175,7 @@ def stage(suite: Suite, folder: str | Path, leaderboard_root: str | Path | None 
             missing.append(f"{backbone}/{layer}/{variant}")
     if missing:
         raise FeatbenchError(f"suite {suite.name} is not fully built ({len(missing)} datasets missing, e.g. "
-                             f"{', '.join(missing[:3])}); run `featbench build --suite {suite.name}` first")
+                             f"{', '.join(missing[:3])}); run `featbench build --suite {suite.cli_name}` first")
     folder.mkdir(parents=True, exist_ok=True)
     report = StageReport(folder)
     configs = []

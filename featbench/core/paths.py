@@ -24,3 +24,8 @@ def suites_dir() -> Path:
     if packaged.is_dir():
         return packaged
     return PACKAGE_DIR.parent / "tasks"
+
+
+def custom_suites_dir() -> Path:
+    """Suites made by ``featbench build --custom`` (``<cache>/suites``), loadable by the name the build printed."""
+    return cache_dir() / "suites"

@@ -8,11 +8,16 @@ sha256 when it is read, so a changed or tampered file is refused rather than use
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import os
 import random
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torchvision.transforms.functional as TF
@@ -27,19 +32,24 @@ IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 @dataclass(frozen=True)
 class ImageRecord:
-    image_id: str  # the file name; the split and per-image seeds derive from it
+    image_id: str  # the path relative to the source folder; the split and per-image seeds derive from it
     path: Path
     sha256: str
-    label: int = -1  # ImageNet-1k class index where the source has labels
+    label: int = -1  # the classifier's class index where the source has labels, else -1
 
 
 @dataclass(frozen=True)
 class ImageSource:
     name: str
     records: tuple[ImageRecord, ...]
+    # Labels that no file name carries (a CSV) are pinned with the images, so that changing them
+    # changes the manifest and with it every hash that depends on the data.
+    labels_in_manifest: bool = False
 
     @property
     def manifest_sha256(self) -> str:
+        if self.labels_in_manifest:
+            return sha256_json(sorted([r.image_id, r.sha256, r.label] for r in self.records))
         return sha256_json(sorted([r.image_id, r.sha256] for r in self.records))
 
     def __len__(self) -> int:
@@ -55,11 +65,21 @@ class ImageSource:
             return im.convert("RGB")
 
 
-def folder_source(directory: str | Path, name: str | None = None, labels: str = "none") -> ImageSource:
-    """Images in a folder, pinned by its ``SHA256SUMS`` (``<sha256>  <file>`` lines) when present.
+LABEL_SCHEMES = ("none", "imagenet-wnid", "class-id", "imagefolder", "csv:FILE")
+LABEL_SCHEMES_HELP = (
+    "none (no labels: only label-free scores); imagenet-wnid (the ImageNet wnid that starts the file name, "
+    "n01440764_tench.JPEG, or names its folder); class-id (an integer class index that starts the file name, "
+    "417_balloon.jpg, or names its folder); imagefolder (torchvision's ImageFolder: one folder per class, "
+    "classes numbered in sorted order); csv:FILE (a CSV in the image folder with columns file,label; "
+    "labels are integer class indices or ImageNet wnids)")
 
-    Without SHA256SUMS the manifest is computed from the files (for custom suites). `labels`:
-    ``"imagenet-wnid"`` reads the class from the file name, ``"none"`` gives -1.
+
+def folder_source(directory: str | Path, name: str | None = None, labels: str = "none") -> ImageSource:
+    """Images in a folder (and its sub-folders), pinned by its ``SHA256SUMS`` when present.
+
+    ``SHA256SUMS`` holds ``<sha256>  <relative path>`` lines; without it the manifest is computed
+    from the files (for custom suites). `labels` is one of :data:`LABEL_SCHEMES`
+    (:data:`LABEL_SCHEMES_HELP`); a label that does not parse is a :class:`DataError`.
     """
     directory = Path(directory).expanduser()
     if not directory.is_dir():
@@ -72,20 +92,135 @@ def folder_source(directory: str | Path, name: str | None = None, labels: str = 
                 digest, fname = line.split(maxsplit=1)
                 entries.append((fname.lstrip("*"), digest))
     else:
-        entries = [(p.name, sha256_file(p)) for p in sorted(directory.iterdir())
-                   if p.suffix.lower() in IMAGE_SUFFIXES]
+        entries = [(p.relative_to(directory).as_posix(), sha256_file(p)) for p in sorted(directory.rglob("*"))
+                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
     if not entries:
         raise DataError(f"image folder {directory} holds no images")
     missing = [f for f, _ in entries if not (directory / f).is_file()]
     if missing:
         raise DataError(f"image folder {directory}: {len(missing)} files listed in SHA256SUMS are missing, "
                         f"e.g. {missing[0]}")
-    label_of = imagenet_label_index() if labels == "imagenet-wnid" else None
-    records = tuple(
-        ImageRecord(f, directory / f, digest, label_of.get(f.split("_", 1)[0], -1) if label_of else -1)
-        for f, digest in sorted(entries)
-    )
-    return ImageSource(name or directory.name, records)
+    entries.sort()
+    label_of = _labeller(directory, labels, [f for f, _ in entries])
+    records = tuple(ImageRecord(f, directory / f, digest, label_of(f)) for f, digest in entries)
+    return ImageSource(name or directory.name, records, labels_in_manifest=labels.startswith("csv:"))
+
+
+def _labeller(directory: Path, scheme: str, image_ids: list[str]) -> Callable[[str], int]:
+    """image id → class index under `scheme`; raises DataError on a label that does not parse."""
+    def fail(image_id: str, why: str) -> DataError:
+        return DataError(f"image folder {directory}: cannot read the {scheme} label of {image_id}: {why}")
+
+    def class_token(image_id: str) -> str:
+        # A file in a class folder takes the folder's name, else the start of its file name.
+        parts = image_id.split("/")
+        return parts[-2] if len(parts) > 1 else re.split(r"[_.\-]", parts[-1], maxsplit=1)[0]
+
+    if scheme == "none":
+        return lambda image_id: -1
+    if scheme == "imagenet-wnid":
+        index = imagenet_label_index()
+
+        def wnid(image_id: str) -> int:
+            token = class_token(image_id)
+            if token not in index:
+                raise fail(image_id, f"{token!r} is not an ImageNet-1k wnid (n01440764 ... n15075141)")
+            return index[token]
+        return wnid
+    if scheme == "class-id":
+        def class_id(image_id: str) -> int:
+            token = class_token(image_id)
+            if not token.isdigit():
+                raise fail(image_id, f"{token!r} is not a non-negative integer class index")
+            return int(token)
+        return class_id
+    if scheme == "imagefolder":
+        flat = [i for i in image_ids if "/" not in i]
+        if flat:
+            raise fail(flat[0], "the file is not in a class folder (imagefolder needs DIR/<class>/<file>)")
+        classes = {c: k for k, c in enumerate(sorted({i.split("/")[-2] for i in image_ids}))}
+        return lambda image_id: classes[image_id.split("/")[-2]]
+    if scheme.startswith("csv:"):
+        return _csv_labels(directory, scheme[4:], image_ids)
+    raise DataError(f"unknown label scheme {scheme!r}; schemes: {LABEL_SCHEMES_HELP}")
+
+
+def _csv_labels(directory: Path, file: str, image_ids: list[str]) -> Callable[[str], int]:
+    path = directory / file
+    if not path.is_file():
+        raise DataError(f"label file {path} does not exist (labels csv:{file} is read from the image folder)")
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"file", "label"} <= set(rows[0]):
+        raise DataError(f"label file {path} needs a header with the columns file,label")
+    index = None
+    table: dict[str, int] = {}
+    for n, row in enumerate(rows, start=2):
+        raw = (row["label"] or "").strip()
+        if raw.isdigit():
+            table[row["file"]] = int(raw)
+            continue
+        index = index or imagenet_label_index()
+        if raw not in index:
+            raise DataError(f"label file {path}, line {n}: label {raw!r} of {row['file']} is neither a "
+                            "non-negative integer class index nor an ImageNet-1k wnid")
+        table[row["file"]] = index[raw]
+    unlabelled = [i for i in image_ids if i not in table]
+    if unlabelled:
+        raise DataError(f"label file {path} has no label for {len(unlabelled)} image(s), e.g. {unlabelled[0]}")
+    return table.__getitem__
+
+
+def parse_hf_images(spec: str) -> dict[str, str]:
+    """``hf:ID@REV`` (a Hugging Face image dataset at a pinned revision) → {dataset, revision}."""
+    match = re.fullmatch(r"hf:([\w.\-]+/[\w.\-]+)@([\w.\-]+)", spec)
+    if match is None:
+        raise DataError(f"{spec!r} is not hf:ORG/NAME@REVISION (a pinned revision: a commit hash or tag)")
+    return {"dataset": match.group(1), "revision": match.group(2)}
+
+
+def hf_image_folder(dataset: str, revision: str, split: str = "train", image_column: str = "image",
+                    label_column: str = "label") -> Path:
+    """A Hugging Face image dataset at `revision`, as a folder in featbench's cache that
+    `folder_source` reads: each image's encoded bytes as a file, ``SHA256SUMS``, and
+    ``labels.csv`` where the dataset has an integer `label_column`. Made once; needs the hub."""
+    import datasets
+
+    from featbench.core.paths import cache_dir
+
+    folder = cache_dir() / "images" / f"{dataset.replace('/', '--')}@{revision}" / split
+    if (folder / "SHA256SUMS").is_file():
+        return folder
+    try:
+        ds = datasets.load_dataset(dataset, revision=revision, split=split)
+    except Exception as exc:  # offline, unknown id or revision: say which and how to get round it
+        raise DataError(f"cannot load the image dataset {dataset}@{revision} (split {split}) from the Hugging Face "
+                        f"Hub: {type(exc).__name__}: {exc}. hf: images need the hub once; offline, save the images "
+                        "to a folder and pass --images DIR") from exc
+    if image_column not in ds.column_names:
+        raise DataError(f"{dataset}@{revision} has no column {image_column!r}; columns: {', '.join(ds.column_names)}")
+    ds = ds.cast_column(image_column, datasets.Image(decode=False))
+    # Filled beside its final place and moved in whole, so that a half-written folder is never read.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        sums, labels = [], []
+        for i, row in enumerate(ds):
+            image = row[image_column]
+            suffix = Path(image.get("path") or "").suffix.lower()
+            name = f"{i:07d}{suffix if suffix in IMAGE_SUFFIXES else '.png'}"
+            (tmp / name).write_bytes(image["bytes"] if image.get("bytes") else Path(image["path"]).read_bytes())
+            sums.append(f"{sha256_file(tmp / name)}  {name}")
+            if isinstance(row.get(label_column), int):
+                labels.append(f"{name},{row[label_column]}")
+        if labels and len(labels) == len(sums):
+            (tmp / "labels.csv").write_text("file,label\n" + "\n".join(labels) + "\n")
+        (tmp / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
 
 
 def imagenet_label_index() -> dict[str, int]:

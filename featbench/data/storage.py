@@ -493,7 +493,7 @@ def load_task(suite: Suite, task: Task | str) -> TaskData:
             parts["y"] = target
             records["y"] = {"key": ref.key, "files": target_record["files"]}
     except DataError as exc:
-        raise DataError(f"task {task.id}: {exc}. Build it with `featbench build --suite {suite.name}`.") from exc
+        raise DataError(f"task {task.id}: {exc}. Build it with `featbench build --suite {suite.cli_name}`.") from exc
     splits = {}
     for split in SPLITS:
         base = parts["x"][split]

@@ -24,9 +24,10 @@ import yaml
 
 from featbench.core.errors import DataError, FeatbenchError, UnknownNameError
 from featbench.core.hashing import sha256_json
-from featbench.data.images import ImageSource, folder_source, package_source
+from featbench.data.images import ImageSource, folder_source, hf_image_folder, package_source
 from featbench.data.manipulations import Manipulation, get_manipulation
-from featbench.core.paths import PACKAGE_DIR, suites_dir
+from featbench.core.cache import write_bytes
+from featbench.core.paths import PACKAGE_DIR, custom_suites_dir, suites_dir
 
 # Bump when the stored layout or the extraction semantics change: every cached dataset and every
 # task hash depends on it, so results from different formats never mix.
@@ -116,6 +117,10 @@ class Suite:
         elif spec["kind"] == "folder":
             path = Path(directory) if directory else self._default_image_dir()
             source = folder_source(path, name=spec.get("name"), labels=spec.get("labels", "none"))
+        elif spec["kind"] == "hf":
+            path = Path(directory) if directory else hf_image_folder(spec["dataset"], spec["revision"],
+                                                                     spec.get("split", "train"))
+            source = folder_source(path, name=spec.get("name"), labels=spec.get("labels", "none"))
         else:
             raise FeatbenchError(f"suite {self.name}: unknown image source kind {spec['kind']!r}")
         pinned = spec.get("manifest_sha256")
@@ -124,7 +129,9 @@ class Suite:
                 f"the images in {getattr(source.records[0].path, 'parent', '?')} are not suite {self.name}'s: "
                 f"their manifest hashes to {source.manifest_sha256[:16]}…, the suite pins {pinned[:16]}… "
                 f"({len(source)} images, the suite expects {spec.get('n_images', '?')}). Point --images at the "
-                "pinned folder, or pass --custom to build a custom suite from these images.")
+                f"pinned folder; to score your own images, make a suite of them with `featbench init-suite --images "
+                f"{getattr(source.records[0].path, 'parent', 'DIR')} --from {self.cli_name} -o my-suite.yaml`, then "
+                "build and run it with --suite my-suite.yaml.")
         return source
 
     def _default_image_dir(self) -> Path:
@@ -134,19 +141,64 @@ class Suite:
         rel = self.images.get("default_path")
         if rel is None:
             raise DataError(f"suite {self.name} needs --images DIR")
-        # Relative to the checkout (tasks/ lives beside featbench/), so ../shared resolves.
-        for base in (PACKAGE_DIR.parent, Path.cwd()):
+        # A suite file's own folder first (suites written by init-suite), then the checkout
+        # (tasks/ lives beside featbench/, so ../shared resolves), then the working directory.
+        bases = ([self.path.parent] if self.path is not None else []) + [PACKAGE_DIR.parent, Path.cwd()]
+        for base in bases:
             if (base / rel).is_dir():
                 return (base / rel).resolve()
-        raise DataError(f"suite {self.name}: image folder {rel} not found (looked beside the featbench checkout "
-                        "and in the working directory); pass --images DIR or set FEATBENCH_IMAGES")
+        raise DataError(f"suite {self.name}: image folder {rel} not found (looked beside the suite file, the "
+                        "featbench checkout and in the working directory); pass --images DIR or set FEATBENCH_IMAGES")
+
+    @property
+    def cli_name(self) -> str:
+        """How a command names this suite: its name where `load_suite` finds it by name, else its file."""
+        if self.path is None:
+            return self.name
+        for folder in (suites_dir(), custom_suites_dir()):
+            if (folder / f"{self.name}.yaml").resolve() == Path(self.path).resolve():
+                return self.name
+        return str(self.path)
 
     def as_custom(self, source: ImageSource) -> "Suite":
-        """This suite's design over other images: named ``<name>+custom-<manifest>``, unpinned."""
-        images = dict(self.images, manifest_sha256=source.manifest_sha256, n_images=len(source))
+        """This suite's design over other images: named ``<name>+custom-<manifest>``, pinned to them
+        and saved among the custom suites, so that ``--suite <that name>`` finds it afterwards."""
+        first = source.records[0]
+        folder = first.path.parents[len(Path(first.image_id).parts) - 1]
+        images = dict(self.images, kind="folder", default_path=str(folder.resolve()),
+                      manifest_sha256=source.manifest_sha256, n_images=len(source))
+        for key in ("package", "files", "license"):  # the other images' own, not these
+            images.pop(key, None)
+        images["name"] = source.name
         name = f"{self.name}+custom-{source.manifest_sha256[:8]}"
-        return Suite(name, self.version, self.description, self.seed, images, self.n_test, self.views,
-                     self.backbones, self.manipulations, self.tracks, self.path, self.run_defaults, self.invert)
+        # The design is kept, the inverter pins are not: they were trained on the other images.
+        invert = {k: v for k, v in self.invert.items() if k != "image_scores"}
+        custom = Suite(name, self.version, self.description, self.seed, images, self.n_test, self.views,
+                       self.backbones, self.manipulations, self.tracks, None, self.run_defaults, invert)
+        return custom.save(custom_suites_dir() / f"{name}.yaml")
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """The suite as its YAML file holds it (`load_suite` of the written file gives this suite)."""
+        def entry(m: Manipulation) -> str | dict:
+            default = get_manipulation(m.name)
+            return m.name if dict(default.params) == dict(m.params) else {"name": m.name, "params": _plain(m.params)}
+
+        out = {"name": self.name, "version": self.version, "description": self.description, "seed": self.seed,
+               "images": self.images, "split": {"n_test": self.n_test}, "views": self.views,
+               "backbones": self.backbones, "manipulations": [entry(m) for m in self.manipulations],
+               "tracks": self.tracks}
+        if self.run_defaults:
+            out["run_defaults"] = self.run_defaults
+        if self.invert:
+            out["invert"] = self.invert
+        return out
+
+    def save(self, path: str | Path) -> "Suite":
+        """Write the suite file atomically; returns the suite as loaded from it."""
+        path = Path(path)
+        text = yaml.safe_dump(self.to_yaml_dict(), sort_keys=False, allow_unicode=True, width=100)
+        write_bytes(path, text.encode())
+        return _suite_from_yaml(path)
 
     # -- hashes -------------------------------------------------------------------------------
     def variants(self) -> list[Manipulation | None]:
@@ -187,6 +239,15 @@ class Suite:
                 "data_format_version": DATA_FORMAT_VERSION}
 
 
+def _plain(value: Any) -> Any:
+    """Manipulation parameters as plain YAML values (tuples as lists)."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def _manipulation(entry: str | dict) -> Manipulation:
     if isinstance(entry, str):
         return get_manipulation(entry)
@@ -223,16 +284,26 @@ def _suite_from_yaml(path: Path) -> Suite:
         raise FeatbenchError(f"suite file {path} is malformed: {type(exc).__name__}: {exc}") from exc
 
 
-def list_suites() -> list[str]:
-    return sorted(p.stem for p in suites_dir().glob("*.yaml"))
+def list_suites(custom: bool = True) -> list[str]:
+    """Registered suite names (``tasks/``), then, with `custom`, those made by ``build --custom``."""
+    names = sorted(p.stem for p in suites_dir().glob("*.yaml"))
+    if custom and custom_suites_dir().is_dir():
+        names += sorted(p.stem for p in custom_suites_dir().glob("*.yaml") if p.stem not in names)
+    return names
 
 
 def load_suite(name_or_path: str | Path) -> Suite:
-    """A suite by name (``tasks/<name>.yaml``) or by the path of a YAML file."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        return _suite_from_yaml(path)
-    candidate = suites_dir() / f"{name_or_path}.yaml"
-    if not candidate.is_file():
-        raise UnknownNameError(f"unknown suite {name_or_path!r}; known: {', '.join(list_suites())}")
-    return _suite_from_yaml(candidate)
+    """A suite by name (``tasks/<name>.yaml``, or one that ``build --custom`` made) or by the path
+    of a YAML file."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml"):
+        if path.is_file():
+            return _suite_from_yaml(path)
+        if "/" in str(name_or_path) or path.name != str(name_or_path):
+            raise UnknownNameError(f"suite file {path} does not exist")
+    for folder in (suites_dir(), custom_suites_dir()):
+        candidate = folder / f"{name_or_path}.yaml"
+        if candidate.is_file():
+            return _suite_from_yaml(candidate)
+    raise UnknownNameError(f"unknown suite {name_or_path!r}; known: {', '.join(list_suites())} (or give a suite "
+                           "file: --suite path/to/suite.yaml; make one with `featbench init-suite`)")

@@ -22,7 +22,7 @@ same way (they are entry points of featbench itself).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -40,7 +40,11 @@ def split_by_image(image_ids: list[str], val_fraction: float, seed: int) -> tupl
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """What a mapper may know about its task."""
+    """What a mapper may know about its task: ids, shapes, the manipulation and the fit's limits.
+
+    ``grid_action`` is the manipulation's exact action on feature maps for geometric tasks and
+    ``None`` for every other task, so ``if info.grid_action is not None`` is the test to write.
+    """
 
     task_id: str
     backbone: str
@@ -53,15 +57,27 @@ class TaskInfo:
 
     @property
     def category(self) -> str:
+        """``geometric``, ``photometric``, ``local`` or ``semantic``."""
         return self.manipulation.category
+
+    @property
+    def manipulation_name(self) -> str:
+        return self.manipulation.name
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The manipulation's parameters (a copy; e.g. ``{"k": 1}`` for rot90)."""
+        return dict(self.manipulation.params)
 
     @property
     def is_geometric(self) -> bool:
         return self.manipulation.is_geometric
 
-    def grid_action(self, fmap: torch.Tensor) -> torch.Tensor:
-        """The manipulation's exact action on an N×C×h×w map (geometric manipulations only)."""
-        return self.manipulation.grid_action(fmap)
+    @property
+    def grid_action(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """N×C×h×w map → the same spatial action the manipulation applies to images; None where
+        the manipulation is not geometric."""
+        return self.manipulation.grid_action if self.manipulation.is_geometric else None
 
 
 @dataclass

@@ -46,7 +46,7 @@ import torch
 from featbench.core.cache import cached_json, cached_tensor
 from featbench.core.errors import FeatbenchError
 from featbench.core.hashing import sha256_json, sha256_tensors
-from featbench.core.paths import cache_dir, suites_dir
+from featbench.core.paths import cache_dir
 from featbench.data.images import seed_for
 from featbench.data.storage import column_tensor, load_task
 from featbench.data.targets import aligned_targets, manipulated_images, unit_to_uint8
@@ -97,15 +97,8 @@ def pins(suite) -> dict[tuple[str, str], Pin]:
     return out
 
 
-def _suite_arg(suite) -> str:
-    path = getattr(suite, "path", None)
-    if path is None or Path(path).resolve() == (suites_dir() / f"{suite.name}.yaml").resolve():
-        return suite.name
-    return str(path)
-
-
 def train_command(suite, backbone: str, layer: str, preset: str, seed: int = 0) -> str:
-    cmd = f"featbench train-inverter --suite {_suite_arg(suite)} --backbone {backbone} --layer {layer} --preset {preset}"
+    cmd = f"featbench train-inverter --suite {suite.cli_name} --backbone {backbone} --layer {layer} --preset {preset}"
     return cmd + (f" --seed {seed}" if seed else "")
 
 
