@@ -55,6 +55,21 @@ def _cmd_init_suite(args: argparse.Namespace) -> None:
     print(f"next: featbench build --suite {args.out}   then   featbench run --suite {args.out} --out-dir leaderboard")
 
 
+def _cmd_backbones(args: argparse.Namespace) -> None:
+    import textwrap
+
+    from featbench.zoo.backbones import BACKBONES, list_backbones, weights_source
+
+    for name in list_backbones():
+        spec, source = BACKBONES[name], weights_source(name)
+        # A no-break space keeps each layer's name and shape on one line of the wrapped list.
+        layers = ", ".join(f"{layer}\xa0{'×'.join(map(str, shape))}" for layer, shape in spec.layers.items())
+        print(f"{name} ({spec.preprocessing.crop} px): {spec.description}")
+        print(textwrap.fill(source.route, 100, initial_indent="  weights: ", subsequent_indent=" " * 11))
+        print(f"  here:    {'yes, ' + source.at_hand if source.at_hand else 'no (fetched on first use from the source above)'}")
+        print(textwrap.fill(layers, 100, initial_indent="  layers:  ", subsequent_indent=" " * 11).replace("\xa0", " "))
+
+
 def _cmd_build(args: argparse.Namespace) -> None:
     from featbench.data.storage import build_suite
     from featbench.data.suites import load_suite
@@ -215,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="label scheme (default: inferred from the folder): none, imagenet-wnid, "
                                     "class-id, imagefolder or csv:FILE")
     p.set_defaults(func=_cmd_init_suite)
+
+    p = sub.add_parser("backbones", help="list the registered backbones: layers, weight sources, weights on this machine")
+    p.set_defaults(func=_cmd_backbones)
 
     p = sub.add_parser("build", help="extract and cache a suite's task data")
     p.add_argument("--suite", required=True, help=SUITE_HELP)

