@@ -188,7 +188,9 @@ def _within(path: Path, roots: list[Path]) -> bool:
 
 
 def _sandbox_command(job: Path, visible: list[str]) -> list[str]:
-    cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    # A fresh /tmp, /proc and /dev first: the binds after them may lie inside (a model file in /tmp).
+    cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+           "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     for path in SYSTEM_PATHS:
         p = Path(path)
         if p.is_symlink():
@@ -200,8 +202,7 @@ def _sandbox_command(job: Path, visible: list[str]) -> list[str]:
         if not _within(Path(path), [Path(s) for s in SYSTEM_PATHS]):
             cmd += ["--ro-bind", path, path]
             roots.append(Path(path))
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-            "--ro-bind", str(job / _JOB_IN), f"/job/{_JOB_IN}", "--bind", str(job / _JOB_OUT), f"/job/{_JOB_OUT}"]
+    cmd += ["--ro-bind", str(job / _JOB_IN), f"/job/{_JOB_IN}", "--bind", str(job / _JOB_OUT), f"/job/{_JOB_OUT}"]
     # Empty folders over the caches wherever a visible folder holds them.
     for hidden in {cache_dir().resolve(), Path(platformdirs.user_cache_dir()).resolve(), Path.home() / ".cache"}:
         if _within(hidden, roots) and hidden.is_dir():
