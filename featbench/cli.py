@@ -147,8 +147,10 @@ def _cmd_leaderboard_compare(args: argparse.Namespace) -> None:
 def _cmd_submit_check(args: argparse.Namespace) -> None:
     from featbench.board.submit_check import submit_check
 
+    from featbench.scoring.isolation import Isolation
+
     report = submit_check(args.file, suite=args.suite, model=args.model, sample=args.sample, seed=args.seed,
-                          atol=args.atol, rtol=args.rtol)
+                          atol=args.atol, rtol=args.rtol, isolation=Isolation(args.isolation))
     print(report.summary())
     if not report.ok:
         raise FeatbenchError(f"{args.file}: {len(report.mismatches)} score(s) do not match the re-run")
@@ -277,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random choice of tasks")
     p.add_argument("--atol", type=float, default=0.01)
     p.add_argument("--rtol", type=float, default=0.02)
+    p.add_argument("--isolation", choices=["auto", "sandbox", "process", "none"], default="auto",
+                   help="how the re-run scores, as for run (default auto)")
     p.set_defaults(func=_cmd_submit_check)
 
     p = sub.add_parser("publish", help="push a suite's task data and leaderboard to the Hugging Face Hub")
