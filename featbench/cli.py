@@ -86,6 +86,7 @@ def _cmd_build(args: argparse.Namespace) -> None:
 def _cmd_run(args: argparse.Namespace) -> None:
     from featbench.core.results import result_path
     from featbench.data.suites import load_suite
+    from featbench.scoring.isolation import Isolation
     from featbench.scoring.run import evaluate
     from featbench.scoring.summaries import invert_summary_table, map_summary_table
 
@@ -97,11 +98,13 @@ def _cmd_run(args: argparse.Namespace) -> None:
         raise FeatbenchError(f"suite {suite.name} names no default models; pass --model")
     if args.out and len(models) > 1:
         raise FeatbenchError("--out names one file; run one --model at a time with it")
+    isolation = Isolation("none" if args.no_isolation else args.isolation, wall_s=args.wall_limit,
+                          threads=args.threads, memory_gb=args.memory_limit)
     results = []
     for spec in models:
         out = args.out or result_path(args.out_dir, spec, suite.name)
         results.append(evaluate(spec, suite, args.tasks, track=args.track, out=out, seed=args.seed,
-                                n_boot=args.n_boot, time_budget_s=args.time_budget))
+                                n_boot=args.n_boot, time_budget_s=args.time_budget, isolation=isolation))
         print(f"wrote {out}")
     print((invert_summary_table if invert else map_summary_table)(results))
 
@@ -186,8 +189,10 @@ def _cmd_leaderboard_compare(args: argparse.Namespace) -> None:
 def _cmd_submit_check(args: argparse.Namespace) -> None:
     from featbench.board.submit_check import submit_check
 
+    from featbench.scoring.isolation import Isolation
+
     report = submit_check(args.file, suite=args.suite, model=args.model, sample=args.sample, seed=args.seed,
-                          atol=args.atol, rtol=args.rtol)
+                          atol=args.atol, rtol=args.rtol, isolation=Isolation(args.isolation))
     print(report.summary())
     if not report.ok:
         raise FeatbenchError(f"{args.file}: {len(report.mismatches)} score(s) do not match the re-run")
@@ -258,6 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--track", choices=["map", "invert"], default="map",
                    help="map (default) or invert: reconstruct images from maps (models: registered inverters, "
                         "default decoder and featinv-tiny)")
+    p.add_argument("--isolation", choices=["auto", "sandbox", "process", "none"], default="auto",
+                   help="where each fit and predict runs (README, Trusted scoring): auto (default: a bubblewrap "
+                        "sandbox where bwrap works, else a plain child process, with a warning), sandbox "
+                        "(required), process, none (in this process)")
+    p.add_argument("--no-isolation", action="store_true", help="same as --isolation none (for debugging)")
+    p.add_argument("--wall-limit", type=float, help="seconds a scoring process may run (default: the fit budget "
+                                                    "+ 600 s, or 6 h without a budget)")
+    p.add_argument("--memory-limit", type=float, help="GiB of address space per scoring process "
+                                                      "(default: 3/4 of this machine's memory)")
+    p.add_argument("--threads", type=int, help="CPU threads per scoring process (default: torch's)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("train-inverter", help="train an inverter preset on one backbone and layer, with "
@@ -330,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random choice of tasks")
     p.add_argument("--atol", type=float, default=0.01)
     p.add_argument("--rtol", type=float, default=0.02)
+    p.add_argument("--isolation", choices=["auto", "sandbox", "process", "none"], default="auto",
+                   help="how the re-run scores, as for run (default auto)")
     p.set_defaults(func=_cmd_submit_check)
 
     p = sub.add_parser("publish", help="push a suite's task data and leaderboard to the Hugging Face Hub")

@@ -14,12 +14,16 @@ import featbench as fb
 from baselines.linear import Linear
 from featbench.scoring import map_track, runner
 from featbench.scoring.map_track import run_map_track
+from featbench.scoring.isolation import Isolation
 from featbench.scoring.runner import RunConfig
+
+# These tests are about evaluation, in-process; tests/test_isolation.py scores isolated.
+NO_ISOLATION = Isolation("none")
 from featbench.core.plugins import registered_models, resolve_model
 from featbench.core.results import read_result, validate_result
 from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite
 
-CFG = RunConfig(seed=0, n_boot=50, time_budget_s=30)
+CFG = RunConfig(seed=0, n_boot=50, time_budget_s=30, isolation=NO_ISOLATION)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +136,7 @@ def test_linear_result_has_linear_structure(suite, tmp_path):
 
 
 def test_same_seed_same_scores(suite, tmp_path):
-    cfg = RunConfig(seed=1, n_boot=50, time_budget_s=None)
+    cfg = RunConfig(seed=1, n_boot=50, time_budget_s=None, isolation=NO_ISOLATION)
     quick = type("QuickMLP", (resolve_model("mlp"),), {"max_epochs": 2, "min_steps_per_epoch": 5})
     a = _run(suite, quick, tmp_path, tasks=f"map/{TINY_CNN}/blocks.3/noise40", cfg=cfg, name="a.json")
     b = _run(suite, quick, tmp_path, tasks=f"map/{TINY_CNN}/blocks.3/noise40", cfg=cfg, name="b.json")
@@ -184,7 +188,7 @@ def test_bad_submission_fails_its_task_and_the_run_goes_on(suite, tmp_path, mode
 def test_time_budget_is_enforced(suite, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "BUDGET_GRACE", 1.0)
     factory = type("Slow", (_Bad,), {"mode": "slow"})
-    cfg = RunConfig(seed=0, n_boot=20, time_budget_s=0.5)
+    cfg = RunConfig(seed=0, n_boot=20, time_budget_s=0.5, isolation=NO_ISOLATION)
     res = _run(suite, factory, tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/rot90", cfg=cfg)
     assert res["tasks"][0]["status"] == "failed"
     assert "time budget" in res["tasks"][0]["reason"]
@@ -275,7 +279,7 @@ def test_a_changed_model_never_silently_starts_its_file_over(suite, tmp_path, mo
     assert out.read_bytes() == before
     with pytest.raises(fb.FeatbenchError, match=r"seed 0 → 1"):
         run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_VIT}/blocks.1/rot90"), out,
-                      RunConfig(seed=1, n_boot=CFG.n_boot, time_budget_s=CFG.time_budget_s), progress=False)
+                      RunConfig(seed=1, n_boot=CFG.n_boot, time_budget_s=CFG.time_budget_s, isolation=NO_ISOLATION), progress=False)
     assert out.read_bytes() == before
 
 
@@ -319,7 +323,7 @@ def test_trained_baselines_start_no_step_that_would_overrun_the_budget(suite, tm
             _time.sleep(0.4)
             return super()._loss(*args)
 
-    cfg = RunConfig(seed=0, n_boot=20, time_budget_s=2.0)
+    cfg = RunConfig(seed=0, n_boot=20, time_budget_s=2.0, isolation=NO_ISOLATION)
     res = _run(suite, SlowSteps, tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/rot90", cfg=cfg)
     (t,) = res["tasks"]
     assert t["status"] == "ok", t.get("reason")

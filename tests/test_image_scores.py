@@ -15,6 +15,8 @@ from baselines.decoder import Decoder, DecoderConfig
 from featbench.scoring import image_scores
 from featbench.interfaces.checkpoints import CheckpointError, read_record
 from featbench.scoring.map_track import evaluate_map_task, run_map_track
+from featbench.scoring.isolation import Isolation
+NO_ISOLATION = Isolation("none")  # these tests are about image scores, in-process
 from featbench.scoring.runner import Models, RunConfig
 from featbench.scoring.invert_track import train_inverter
 from featbench.core.plugins import resolve_model
@@ -23,7 +25,7 @@ from featbench.core.results import validate_result
 from featbench.data.storage import column_array
 from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite
 
-CFG = RunConfig(seed=0, n_boot=20, time_budget_s=30)
+CFG = RunConfig(seed=0, n_boot=20, time_budget_s=30, isolation=NO_ISOLATION)
 INVERT = {"classifier": TINY_CNN, "image_size": 32}
 PRESET = "tests.test_image_scores:TinyDecoder"
 PINNED = f"map/{TINY_CNN}/blocks.3"

@@ -4,6 +4,7 @@ expected task hashes, and `submit-check` re-running a result's tasks (both need 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -20,6 +21,7 @@ from featbench.core.plugins import resolve_model
 from featbench.board.publish import check_hub_access, config_name, install_published, publish
 from featbench.core.results import write_result
 from featbench.board.submit_check import submit_check
+from featbench.scoring.isolation import Isolation
 from tests.conftest import TINY_CNN, make_tiny_suite
 
 
@@ -104,13 +106,35 @@ def test_submit_check_passes_an_honest_result_and_catches_an_edited_one(built, t
     result = root / "lb" / "results" / "linear.json"
     report = submit_check(result, suite=suite, sample=2, seed=0)
     assert report.ok and len(report.checked) == 2, report.summary()
+    mode = Isolation().resolved()  # the run and the re-run both score isolated, as `featbench run` does
+    assert report.submitted_modes == {f"isolation {mode}, test targets published": 3}
+    assert f"re-run here: isolation {mode}, test targets published" in report.summary()
     record = json.loads(result.read_text())
     record.pop("record_sha256")
     for t in record["tasks"]:
         t["metrics"]["r2"]["value"] += 0.2  # sealed again: valid, but not what the model scores
     edited = write_result(tmp_path / "edited.json", record)
-    report = submit_check(tmp_path / "edited.json", suite=suite, sample=2, seed=0)
+    report = submit_check(tmp_path / "edited.json", suite=suite, sample=2, seed=0, isolation=Isolation("none"))
     assert not report.ok and all(" r2: submitted" in m for m in report.mismatches)
     assert len(report.mismatches) == 2 and edited["model"]["name"] == "linear"
     assert main(["submit-check", str(tmp_path / "edited.json"), "--suite", str(suite.path), "--sample", "1"]) == 2
     assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_hidden_target_mode_publishes_the_test_inputs_only(built, tmp_path, monkeypatch):
+    suite, root = built
+    hidden = dataclasses.replace(suite, test_targets="hidden")
+    assert hidden.spec_sha256() != suite.spec_sha256()  # another suite version, not a flag on this one
+    out = tmp_path / "hidden"
+    publish(hidden, "org/tiny", dry_run=out, leaderboard_root=root / "lb")
+    parquet = {f"{p.parent.name}/{p.name.split('-')[0]}" for p in (out / "data").rglob("*.parquet")}
+    for backbone, layers in suite.backbones.items():
+        for layer in layers:
+            assert {f"{config_name(backbone, layer, 'original')}/train", f"{config_name(backbone, layer, 'original')}/test",
+                    f"{config_name(backbone, layer, 'rot90')}/train"} <= parquet
+            assert f"{config_name(backbone, layer, 'rot90')}/test" not in parquet  # the targets stay here
+    assert "Hidden test targets" in (out / "README.md").read_text()
+    monkeypatch.setenv("FEATBENCH_CACHE", str(tmp_path / "fresh-cache"))
+    installed = install_published(out, hidden)
+    assert sum(i.startswith("not installed (test targets kept by the maintainers)") for i in installed) == \
+        sum(len(ls) for ls in suite.backbones.values()) * len(suite.manipulations)

@@ -27,6 +27,14 @@ publisher's (the check `tests/test_publish.py` makes); it installs the pinned in
 checkpoints too, each only if it hashes to its pin (trainings need not be bit-identical across
 machines, so the pinned files are shared rather than retrained).
 
+Hidden-target mode: a suite with ``test_targets: hidden`` publishes its test *inputs* only. The
+manipulated variants (the map tasks' targets) go out with their ``train`` split alone; the
+unmanipulated maps (the inputs) with both. Official scores of such a suite come from the
+maintainers' run on their full data (results record ``scoring.test_targets: hidden``;
+``featbench submit-check`` says so). `install_published` installs what was published and names
+the configs whose test split stays with the maintainers. The targets are only as hidden as the
+test images: a suite whose test images are public (featbench-v1's are) cannot hide them.
+
 Publishing needs a Hugging Face token (``HF_TOKEN`` or ``hf auth login``) and the Hub: both are
 checked before anything is staged, and their absence fails at once with a message.
 """
@@ -51,8 +59,21 @@ from featbench.data.suites import DATA_FORMAT_VERSION, ORIGINAL, Suite
 # Parquet shards stay under this many bytes of feature data (the Hub's advice: a few hundred MB).
 SHARD_BYTES = 400 * 2**20
 NETWORK_TIMEOUT_S = 5.0
+HIDDEN_NOTE = ("**Hidden test targets.** This suite keeps its test targets with the maintainers: the manipulated "
+               "configs have a `train` split only, the unmanipulated ones (the test inputs) both. Official scores "
+               "come from the maintainers' run; send them your model.")
 LEADERBOARD_FILES = ("LEADERBOARD.md", "leaderboard.csv", "leaderboard.json", "index.html", "task_hashes.json",
                      "screenshot.png")
+
+
+def published_splits(suite: Suite, variant: str) -> tuple[str, ...]:
+    """The splits of a variant dataset that are published: all, except the test split of a
+    manipulated variant (the map tasks' test targets) where the suite keeps its targets hidden."""
+    from featbench.data.storage import SPLITS
+
+    if suite.test_targets == "hidden" and variant != ORIGINAL:
+        return tuple(s for s in SPLITS if s != "test")
+    return tuple(SPLITS)
 
 
 def config_name(backbone: str, layer: str, variant: str) -> str:
@@ -101,7 +122,7 @@ def _card(suite: Suite, configs: list[dict[str, Any]], task_hashes: dict[str, st
         "pretty_name": f"featbench {suite.name} v{suite.version}",
         "tags": ["featbench", "feature-maps"],
         "configs": [{"config_name": c["config"],
-                     "data_files": [{"split": s, "path": f"data/{c['config']}/{s}-*.parquet"} for s in ("train", "test")]}
+                     "data_files": [{"split": s, "path": f"data/{c['config']}/{s}-*.parquet"} for s in c["splits"]]}
                     for c in configs],
     }
     licences = [f"- images: {suite.images.get('license', 'see the suite file')}"]
@@ -142,6 +163,7 @@ install_published("FOLDER", "{suite.name}")
 `featbench/variants.json` holds each dataset's key and the sha256 of its Arrow files;
 `featbench/task_hashes.json` each task's content hash, the `task_sha256` that result files carry.
 {"The leaderboard of this suite version is in `leaderboard/` (`LEADERBOARD.md`, `index.html`)." if has_leaderboard else ""}
+{HIDDEN_NOTE if suite.test_targets == "hidden" else ""}
 
 ## Licences
 
@@ -182,10 +204,11 @@ def stage(suite: Suite, folder: str | Path, leaderboard_root: str | Path | None 
     for backbone, layer, variant, ref in _refs(suite):
         name = config_name(backbone, layer, variant)
         dd, record = load_variant(ref)
+        splits = published_splits(suite, variant)
         with quiet_datasets():
-            for split in SPLITS:
+            for split in splits:
                 _write_parquet(dd[split], folder / "data" / name, split)
-        configs.append({"config": name, "backbone": backbone, "layer": layer, "variant": variant,
+        configs.append({"config": name, "backbone": backbone, "layer": layer, "variant": variant, "splits": list(splits),
                         **{k: record[k] for k in ("key", "spec", "files", "rows", "columns")}})
         report.configs.append(name)
     for task in suite.tasks:
@@ -345,6 +368,9 @@ def install_published(folder: str | Path, suite: Suite | str) -> list[str]:
                         f"not {suite.name} v{suite.version} (spec {suite.spec_sha256()[:12]})")
     installed = []
     for c in meta["configs"]:
+        if tuple(c.get("splits", SPLITS)) != tuple(SPLITS):  # hidden-target mode: the test split stays unpublished
+            installed.append(f"not installed (test targets kept by the maintainers): {c['config']}")
+            continue
         ref = variant_refs(suite, c["backbone"], c["layer"])[c["variant"]]
         if ref.key != c["key"]:
             raise DataError(f"{c['config']}: published for key {c['key'][:12]}, the suite here wants {ref.key[:12]}")

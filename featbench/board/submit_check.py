@@ -13,6 +13,11 @@ code differs from what produced it); for each sampled task, its data here hash t
 submission's ``task_sha256``, it is scored ``ok`` again, and each metric satisfies
 ``|here - submitted| <= atol + rtol * |submitted|``. Intervals are not compared: they are
 recomputed with few bootstrap resamples (``n_boot``), which moves their ends but not the values.
+
+The re-run is isolated (`featbench.scoring.isolation`, sandboxed where bwrap works), and the
+report says in which mode the submission's tasks were scored: their ``scoring`` (isolation, and
+whether the suite's test targets were published or hidden, i.e. scored by the maintainers who
+hold them), or "not recorded" for results written before schema 1.1 (scored in-process).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from featbench.core.results import read_result
 from featbench.data.suites import Suite, load_suite
 from featbench.board.admission import identity_problems
 from featbench.core.plugins import resolve_model, source_sha256
+from featbench.scoring.isolation import Isolation
 from featbench.scoring.map_track import evaluate_map_task
 from featbench.scoring.runner import Models, RunConfig
 
@@ -40,6 +46,8 @@ class CheckReport:
     model: str
     checked: list[str] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
+    submitted_modes: dict[str, int] = field(default_factory=dict)  # "isolation X, test targets Y" -> tasks
+    rerun_mode: str = ""
 
     @property
     def ok(self) -> bool:
@@ -48,7 +56,17 @@ class CheckReport:
     def summary(self) -> str:
         head = (f"{self.file}: {self.model}: re-ran {len(self.checked)} task(s): "
                 + ("all scores match" if self.ok else f"{len(self.mismatches)} mismatch(es)"))
-        return "\n".join([head, *(f"  ran {t}" for t in self.checked), *(f"  MISMATCH {m}" for m in self.mismatches)])
+        modes = "; ".join(f"{mode} ({n} task(s))" for mode, n in sorted(self.submitted_modes.items()))
+        return "\n".join([head, f"  submitted scores: {modes}", f"  re-run here: {self.rerun_mode}",
+                          *(f"  ran {t}" for t in self.checked), *(f"  MISMATCH {m}" for m in self.mismatches)])
+
+
+def scoring_mode_text(task: dict[str, Any]) -> str:
+    """How a task record was scored, in words (`featbench.scoring.runner.scoring_mode`)."""
+    scoring = task.get("scoring")
+    if scoring is None:
+        return "not recorded (before result schema 1.1: scored in the evaluator's process)"
+    return f"isolation {scoring['isolation']}, test targets {scoring['test_targets']}"
 
 
 def model_spec_from_record(record: dict[str, Any]) -> str:
@@ -68,8 +86,9 @@ def close(here: float | None, submitted: float | None, atol: float = ATOL, rtol:
 
 def submit_check(path: str | Path, *, suite: Suite | str | None = None, model: str | None = None,
                  sample: int = 3, seed: int = 0, atol: float = ATOL, rtol: float = RTOL, n_boot: int = 20,
-                 factory: Callable[[], Any] | None = None) -> CheckReport:
-    """Re-run `sample` of the result's scored tasks (seeded choice) and compare their scores."""
+                 factory: Callable[[], Any] | None = None, isolation: Isolation | None = None) -> CheckReport:
+    """Re-run `sample` of the result's scored tasks (seeded choice) and compare their scores;
+    `isolation` is how the re-run scores (default: as `featbench run` does)."""
 
     path = Path(path)
     record = read_result(path)
@@ -92,11 +111,17 @@ def submit_check(path: str | Path, *, suite: Suite | str | None = None, model: s
         raise FeatbenchError(f"{path}: no scored task to re-run")
     chosen = random.Random(seed).sample(scored, min(sample, len(scored)))
     report = CheckReport(path.name, f"{record['model']['name']} {record['model']['version']}")
+    for sub in scored:
+        mode = scoring_mode_text(sub)
+        report.submitted_modes[mode] = report.submitted_modes.get(mode, 0) + 1
+    isolation = isolation or Isolation()
+    mode = isolation.resolved()
+    report.rerun_mode = f"isolation {mode}, test targets {suite.test_targets}"
     tails = Models()
     for sub in sorted(chosen, key=lambda t: t["task_id"]):
         task = suite.get_task(sub["task_id"])
-        cfg = RunConfig(seed=record["seed"], n_boot=n_boot, time_budget_s=sub["time_budget_s"])
-        again = evaluate_map_task(factory, suite, task, cfg, tails, references=False)
+        cfg = RunConfig(seed=record["seed"], n_boot=n_boot, time_budget_s=sub["time_budget_s"], isolation=isolation)
+        again = evaluate_map_task(factory, suite, task, cfg, tails, references=False, mode=mode)
         report.checked.append(task.id)
         if again["task_sha256"] != sub["task_sha256"]:
             report.mismatches.append(f"{task.id}: the data here hash to {again['task_sha256'][:12]}, the submission's "

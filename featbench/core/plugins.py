@@ -52,17 +52,31 @@ class Registry(dict, Generic[T]):
         return out
 
 
+USER_MODULE_PREFIX = "featbench_user_"  # modules loaded from a file path (`load_module_file`)
+
+
+def load_module_file(path: str | Path) -> Any:
+    """The module of a Python file, registered as ``featbench_user_<hash of its path>``: the same
+    name in every process, so that objects of its classes pickle by reference (an isolated
+    scoring child loads the same files first)."""
+    path = Path(path)
+    name = USER_MODULE_PREFIX + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling need the module registered
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_object(module_path: str, attr: str) -> Any:
     """``attr`` of a module given by dotted path, or of a Python file given by its path."""
     if module_path.endswith(".py") or "/" in module_path:
         path = Path(module_path)
         if not path.is_file():
             raise UnknownNameError(f"no such file {path} (from model spec {module_path}:{attr})")
-        name = "featbench_user_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses and pickling need the module registered
-        spec.loader.exec_module(module)
+        module = load_module_file(path)
     else:
         module = importlib.import_module(module_path)
     try:

@@ -25,7 +25,7 @@ from featbench.core.errors import FeatbenchError
 from featbench.core.hashing import sha256_json
 from featbench.core.paths import PACKAGE_DIR
 
-RESULT_SCHEMA_VERSION = "1.0"
+RESULT_SCHEMA_VERSION = "1.1"  # 1.1: task records say how they were scored ("scoring")
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "result.schema.json"
 HASH_FIELD = "record_sha256"
 # Enough problems to fix a file in one go, few enough to read.

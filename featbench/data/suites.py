@@ -75,6 +75,10 @@ class Suite:
     # Pinned invert-track settings (classifier, image_size, sampler: {steps, guidance}); empty: the
     # defaults of `featbench.scoring.invert_track.DEFAULT_SETTINGS`. Hashed into the spec when given.
     invert: dict[str, Any] = field(default_factory=dict)
+    # "published": the test targets are published with the data (anyone can score);
+    # "hidden": they stay with the maintainers (published: test inputs only), who make the
+    # official scores. Hashed into the spec when hidden.
+    test_targets: str = "published"
 
     # -- tasks --------------------------------------------------------------------------------
     @cached_property
@@ -174,7 +178,8 @@ class Suite:
         # The design is kept, the inverter pins are not: they were trained on the other images.
         invert = {k: v for k, v in self.invert.items() if k != "image_scores"}
         custom = Suite(name, self.version, self.description, self.seed, images, self.n_test, self.views,
-                       self.backbones, self.manipulations, self.tracks, None, self.run_defaults, invert)
+                       self.backbones, self.manipulations, self.tracks, None, self.run_defaults, invert,
+                       self.test_targets)
         return custom.save(custom_suites_dir() / f"{name}.yaml")
 
     def to_yaml_dict(self) -> dict[str, Any]:
@@ -191,6 +196,8 @@ class Suite:
             out["run_defaults"] = self.run_defaults
         if self.invert:
             out["invert"] = self.invert
+        if self.test_targets != "published":
+            out["test_targets"] = self.test_targets
         return out
 
     def save(self, path: str | Path) -> "Suite":
@@ -228,6 +235,8 @@ class Suite:
         }
         if self.invert:  # only when given, so the hashes of suites without it stay as they were
             spec["invert"] = self.invert
+        if self.test_targets != "published":  # likewise
+            spec["test_targets"] = self.test_targets
         return spec
 
     def spec_sha256(self) -> str:
@@ -266,6 +275,15 @@ def _check_layers(suite: Suite) -> Suite:
     return suite
 
 
+TEST_TARGETS = ("published", "hidden")
+
+
+def _test_targets(value: Any, path: Path) -> str:
+    if value not in TEST_TARGETS:
+        raise FeatbenchError(f"suite file {path}: test_targets must be one of {', '.join(TEST_TARGETS)}, got {value!r}")
+    return value
+
+
 def _suite_from_yaml(path: Path) -> Suite:
     raw = yaml.safe_load(path.read_text())
     try:
@@ -277,6 +295,7 @@ def _suite_from_yaml(path: Path) -> Suite:
             manipulations=[_manipulation(m) for m in raw.get("manipulations", [])],
             tracks=list(raw.get("tracks", ["map", "invert"])), path=path,
             run_defaults=dict(raw.get("run_defaults", {})), invert=dict(raw.get("invert") or {}),
+            test_targets=_test_targets(raw.get("test_targets", "published"), path),
         ))
     except FeatbenchError:
         raise

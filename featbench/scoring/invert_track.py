@@ -56,7 +56,7 @@ from featbench.interfaces.inverter import InvertData, InvertInfo, Inverter, chec
 from featbench.interfaces.mapper import with_prefix
 from featbench.scoring import metrics
 from featbench.scoring.runner import (Models, RunConfig, model_identity, new_task_record, noted, record_description,
-                                      run_tasks, seed_everything, timed_fit)
+                                      run_tasks, scoring_mode, seed_everything, timed_fit)
 
 INVERT_BATCH = 32
 SCORE_BATCH = 32
@@ -223,6 +223,11 @@ def evaluate_invert_task(factory: Callable[[], Inverter], suite: Suite, task: Ta
     record = new_task_record(task, data, cfg, notes=[
         f"scored at {info.image_size} px; classifier {info.settings['classifier']}; "
         "predict_per_s is reconstructed images per second"])
+    # In-process: an inverter reads its checkpoints and other tasks' training pairs from the cache
+    # (featbench.scoring.isolation covers the map track).
+    record["scoring"] = scoring_mode(suite, "none")
+    if cfg.isolation.mode not in ("none", "auto"):
+        record["notes"].append(f"isolation {cfg.isolation.mode} asked for: the invert track runs in-process")
     truth = _Truth(suite, task, data, info, models)
     if references:
         record["reference_points"] = _reference_points(suite, task, data, info, truth, models, cfg)

@@ -6,8 +6,11 @@ semantic fidelity through the backbone's tail (top1_agree / jsd / top1_acc with 
 emb_cos / retrieval_agree without), each with a seeded bootstrap interval over test images, and,
 where the suite pins an inverter for the task's layer, image-level scores (`featbench.scoring.image_scores`);
 the `identity` and, for geometric manipulations, `spatial` reference points are scored beside it.
-A mapper that raises, overruns its budget, or returns a wrong shape, a wrong dtype, NaN or inf
-fails that task with the reason recorded; the run goes on. The result file is rewritten after
+The mapper's fit and predict run in an isolated child process by default (`featbench.scoring.isolation`:
+it gets the training pairs, the `TaskInfo` and the test inputs, never the targets; this process
+scores), and each record says how (``scoring``: isolation mode and whether the suite's test targets
+are published). A mapper that raises, overruns its budget or a limit of its process, or returns a
+wrong shape, a wrong dtype, NaN or inf fails that task with the reason recorded; the run goes on. The result file is rewritten after
 every task (`featbench.scoring.runner.run_tasks`), so an interrupted run resumes from the tasks
 already scored.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,14 +31,18 @@ from featbench.core.hashing import sha256_json, sha256_tensors
 from featbench.core.paths import cache_dir
 from featbench.data.images import seed_for
 from featbench.data.storage import TaskData, column_tensor, load_task
+from featbench.data.manipulations import get_manipulation
 from featbench.data.suites import Suite, Task
 from featbench.interfaces.mapper import MapData, Mapper, TaskInfo, with_prefix
 from featbench.scoring import image_scores, metrics
-from featbench.scoring.runner import (BATCH, Models, RunConfig, model_identity, new_task_record, record_description,
-                                      run_tasks, seed_everything, timed_fit)
+from featbench.scoring.isolation import ChildFailed, child_wall_limit, pickled_factory, run_in_child
+from featbench.scoring.runner import (BATCH, Models, RunConfig, hard_limit, model_identity, new_task_record, note,
+                                      record_described, run_tasks, scoring_mode, seed_everything,
+                                      timed_fit)
 
 # Bump when the metrics change, so cached scores are recomputed.
 SCORE_CACHE_VERSION = 1
+DESCRIBED_KEYS = ("stopped_by", "ridge", "epochs", "steps")  # noted from a mapper's describe()
 
 
 def task_info(suite: Suite, task: Task, data: TaskData, cfg: RunConfig) -> TaskInfo:
@@ -118,13 +126,102 @@ def _reference_points(task: Task, tails: Models, test: MapData, target_key: str,
             | (images.score(pred, test.x_prefix) if images else {}) for name, pred in refs.items()}
 
 
+@dataclass
+class Fitted:
+    """What a mapper's fit and predict give the evaluator: the test predictions (and predicted
+    prefix, or the source's where it predicts none), timings and its own account (``describe()``)."""
+
+    pred: torch.Tensor
+    pred_prefix: torch.Tensor | None
+    predicted_prefix: bool
+    fit_s: float
+    predict_per_s: float
+    described: dict[str, Any]
+
+
+def fit_and_predict(factory: Callable[[], Mapper], train: MapData, test_x: torch.Tensor,
+                    test_prefix: torch.Tensor | None) -> Fitted:
+    """Seed, make a fresh mapper, fit it under its budget and predict the test inputs: all that a
+    submission's code does, in this process (an isolated child calls it with what it was sent)."""
+    seed_everything(train.info.seed)
+    mapper = factory()
+    fit_s = timed_fit(lambda: mapper.fit(train), train.info.time_budget_s)
+    start = time.perf_counter()
+    pred, pred_prefix, predicted_prefix = predict_all(mapper, test_x, test_prefix)
+    predict_per_s = round(len(test_x) / max(time.perf_counter() - start, 1e-9), 2)
+    described = mapper.describe() if hasattr(mapper, "describe") else {}
+    return Fitted(pred, pred_prefix, predicted_prefix, fit_s, predict_per_s, described)
+
+
+def child_job(factory: Callable[[], Mapper], tensors: dict[str, torch.Tensor], meta: dict[str, Any]):
+    """`fit_and_predict` inside an isolated child (`featbench.scoring.isolation.run_in_child`):
+    from the tensors and metadata it was sent to the tensors and metadata it sends back."""
+    info = meta["info"]
+    manipulation = get_manipulation(info["manipulation"]["name"], **info["manipulation"]["params"])
+    task_info_ = TaskInfo(info["task_id"], info["backbone"], info["layer"], tuple(info["shape"]),
+                          None if info["prefix_shape"] is None else tuple(info["prefix_shape"]), manipulation,
+                          info["seed"], info["time_budget_s"])
+    train = MapData(task_info_, tensors["train_x"], tensors["train_y"], meta["image_ids"],
+                    tensors.get("train_x_prefix"), tensors.get("train_y_prefix"))
+    fitted = fit_and_predict(factory, train, tensors["test_x"], tensors.get("test_x_prefix"))
+    out = {"pred": fitted.pred} | ({"pred_prefix": fitted.pred_prefix} if fitted.predicted_prefix else {})
+    described = {}
+    for key, value in fitted.described.items():
+        if key == "linear":  # (W, b): tensors
+            out["linear.W"], out["linear.b"] = (v.detach().float().contiguous() for v in value)
+        else:
+            described[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+    return out, {"fit_s": fitted.fit_s, "predict_per_s": fitted.predict_per_s, "described": described}
+
+
+def _info_meta(info: TaskInfo) -> dict[str, Any]:
+    m = info.manipulation
+    return {"task_id": info.task_id, "backbone": info.backbone, "layer": info.layer, "shape": list(info.shape),
+            "prefix_shape": None if info.prefix_shape is None else list(info.prefix_shape),
+            "manipulation": {"name": m.name, "params": m.spec()["params"]}, "seed": info.seed,
+            "time_budget_s": info.time_budget_s}
+
+
+def fit_and_predict_isolated(factory_bytes: bytes, train: MapData, test_x: torch.Tensor,
+                             test_prefix: torch.Tensor | None, cfg: RunConfig, mode: str,
+                             record: dict[str, Any]) -> Fitted:
+    """`fit_and_predict` in a child process (`mode` ``sandbox`` or ``process``) that is sent the
+    training pairs, the task's metadata and the test inputs alone; its predictions are checked
+    here again (nothing a child writes is trusted). Notes the limits and the overhead."""
+    wall_s = child_wall_limit(cfg.isolation, hard_limit(train.info.time_budget_s))
+    record["notes"].append(note("isolation limits", cfg.isolation.describe(wall_s)))
+    tensors = {"train_x": train.x, "train_y": train.y, "train_x_prefix": train.x_prefix,
+               "train_y_prefix": train.y_prefix, "test_x": test_x, "test_x_prefix": test_prefix}
+    out, meta = run_in_child("featbench.scoring.map_track:child_job", factory_bytes, tensors,
+                             {"info": _info_meta(train.info), "image_ids": train.image_ids}, cfg.isolation, mode, wall_s)
+    if "pred" not in out:
+        raise FeatbenchError("the scoring process returned no predictions")
+    predicted = out.get("pred_prefix")
+    pred, pred_prefix = check_prediction(out["pred"] if predicted is None else (out["pred"], predicted), test_x,
+                                         test_prefix)
+    described = dict(meta.get("described", {}))
+    if "linear.W" in out and "linear.b" in out:
+        described["linear"] = (out["linear.W"], out["linear.b"])
+    fit_s, predict_per_s = float(meta["fit_s"]), float(meta["predict_per_s"])
+    overhead = meta["child_wall_s"] - fit_s - len(test_x) / max(predict_per_s, 1e-9)
+    record["notes"].append(note("isolation overhead_s", round(max(overhead, 0.0), 2)))
+    return Fitted(pred, pred_prefix if predicted is not None else test_prefix, predicted is not None, fit_s,
+                  predict_per_s, described)
+
+
 def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, cfg: RunConfig,
-                      tails: Models | None = None, references: bool = True) -> dict[str, Any]:
-    """Fit and score one map task; returns its task record (status "ok" or "failed")."""
+                      tails: Models | None = None, references: bool = True, mode: str | None = None,
+                      factory_bytes: bytes | None = None) -> dict[str, Any]:
+    """Fit and score one (task, model); returns its task record (status "ok" or "failed").
+
+    `mode` is ``cfg.isolation.resolved()`` and `factory_bytes` the pickled factory
+    (`featbench.scoring.isolation.pickled_factory`), both found here unless a run passes them once."""
     tails = tails or Models()
+    mode = mode or cfg.isolation.resolved()
     data = load_task(suite, task)
     info = task_info(suite, task, data, cfg)
     record = new_task_record(task, data, cfg)
+    record["scoring"] = scoring_mode(suite, mode)
     train, test = map_data(data.train, info), map_data(data.test, info)
     labels = torch.tensor(data.test["label"])
     target_key = data.record["y"]["key"]
@@ -134,23 +231,28 @@ def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, c
     if references:
         record["reference_points"] = _reference_points(task, tails, test, target_key, labels, cfg, images)
     try:
-        seed_everything(info.seed)
-        mapper = factory()
-        record["fit_s"] = timed_fit(lambda: mapper.fit(train), cfg.time_budget_s)
-        start = time.perf_counter()
-        pred, pred_prefix, predicted_prefix = predict_all(mapper, test.x, test.x_prefix)
-        record["predict_per_s"] = round(len(test) / max(time.perf_counter() - start, 1e-9), 2)
+        if mode == "none":
+            fitted = fit_and_predict(factory, train, test.x, test.x_prefix)
+        else:
+            factory_bytes = factory_bytes or pickled_factory(factory)
+            fitted = fit_and_predict_isolated(factory_bytes, train, test.x, test.x_prefix, cfg, mode, record)
     except Exception as exc:  # a bad submission fails its task, never the run
         record["status"] = "failed"
-        record["reason"] = f"{type(exc).__name__}: {exc}"
-        record["notes"].append(traceback.format_exc(limit=3)[-2000:])
+        if isinstance(exc, ChildFailed):
+            record["reason"] = exc.reason
+            record["notes"].append(exc.details or exc.reason)
+        else:
+            record["reason"] = f"{type(exc).__name__}: {exc}"
+            record["notes"].append(traceback.format_exc(limit=3)[-2000:])
         return record
-    if test.x_prefix is not None and not predicted_prefix:
+    record["fit_s"], record["predict_per_s"] = fitted.fit_s, fitted.predict_per_s
+    if test.x_prefix is not None and not fitted.predicted_prefix:
         record["notes"].append("the mapper predicts no class-token prefix: the source's prefix was carried over")
+    pred, pred_prefix = fitted.pred, fitted.pred_prefix
     record["metrics"] = _scores(task, tails, pred, pred_prefix, test.y, test.y_prefix, target_key, labels, cfg)
     if images:
         record["metrics"] |= images.score(pred, pred_prefix)
-    described = record_description(record, mapper, ("stopped_by", "ridge", "epochs", "steps"))
+    described = record_described(record, fitted.described, DESCRIBED_KEYS)
     if "linear" in described:
         W, b = described["linear"]
         record["linear_structure"] = metrics.linear_structure(W, b, test.x)
@@ -166,8 +268,16 @@ def run_map_track(factory: Callable[[], Mapper], suite: Suite, tasks: list[Task]
     if categories is not None:
         tasks = [t for t in tasks if t.category in categories]
     tails = Models()
-    return run_tasks("map", model_identity(factory), lambda task: evaluate_map_task(factory, suite, task, cfg, tails),
-                     suite, tasks, out, cfg, progress, device="cpu",
-                     reusable=lambda task, rec: image_scores.record_is_current(suite, task, rec))
+    mode = cfg.isolation.resolved()
+    factory_bytes = None if mode == "none" else pickled_factory(factory)  # fails at once for a model that cannot go
+
+    def evaluate(task: Task) -> dict[str, Any]:
+        return evaluate_map_task(factory, suite, task, cfg, tails, mode=mode, factory_bytes=factory_bytes)
+
+    def reusable(task: Task, rec: dict) -> bool:  # a kept record must have been scored the way this run scores
+        return rec.get("scoring") == scoring_mode(suite, mode) and image_scores.record_is_current(suite, task, rec)
+
+    return run_tasks("map", model_identity(factory), evaluate, suite, tasks, out, cfg, progress, device="cpu",
+                     reusable=reusable)
 
 

@@ -12,6 +12,7 @@ The returned dict is the result file's record (also written to `out`, default
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ from featbench.core.results import result_path
 from featbench.data.storage import build_suite, is_built, variant_refs
 from featbench.data.suites import Suite, Task, load_suite
 from featbench.scoring.invert_track import run_invert_track
+from featbench.scoring.isolation import Isolation
 from featbench.scoring.map_track import run_map_track
 from featbench.scoring.runner import RunConfig, fit_budget
 
@@ -32,7 +34,7 @@ def model_factory(model: Any, track: str = "map") -> Callable[[], Any]:
         return resolve_model(model, group=INVERTERS if track == "invert" else MAPPERS)
     if isinstance(model, type) or (callable(model) and not hasattr(model, "fit")):
         return model
-    return lambda: copy.deepcopy(model)
+    return functools.partial(copy.deepcopy, model)  # picklable, for an isolated scoring process
 
 
 def ensure_built(suite: Suite, tasks: list[Task], progress: bool = True) -> None:
@@ -52,10 +54,13 @@ def ensure_built(suite: Suite, tasks: list[Task], progress: bool = True) -> None
 
 def evaluate(model: Any, suite: Suite | str, tasks: str | None = None, *, track: str = "map",
              out: str | Path | None = None, out_dir: str | Path = "results", seed: int = 0, n_boot: int = 1000,
-             time_budget_s: float | None = None, progress: bool = True) -> dict[str, Any]:
+             time_budget_s: float | None = None, progress: bool = True,
+             isolation: str | Isolation = "auto") -> dict[str, Any]:
     """Fit and score `model` on the `track` tasks of `suite` that match `tasks` (a glob such as
     ``map/*/blocks.6/*``, or a substring; all by default), writing the result file after every task.
-    `time_budget_s` caps each fit (default: `featbench.scoring.runner.fit_budget`)."""
+    `time_budget_s` caps each fit (default: `featbench.scoring.runner.fit_budget`). `isolation`:
+    where the model's fit and predict run (`featbench.scoring.isolation`; a mode name or an
+    `Isolation` with limits): by default a sandboxed child process that never sees the test targets."""
     if track not in ("map", "invert"):
         raise FeatbenchError(f"unknown track {track!r}; choose map or invert")
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
@@ -63,7 +68,8 @@ def evaluate(model: Any, suite: Suite | str, tasks: str | None = None, *, track:
     ensure_built(suite, selected, progress)
     factory = model_factory(model, track)
     cfg = RunConfig(seed=seed, n_boot=n_boot,
-                    time_budget_s=fit_budget(factory, time_budget_s, suite.run_defaults.get("time_budget_s")))
+                    time_budget_s=fit_budget(factory, time_budget_s, suite.run_defaults.get("time_budget_s")),
+                    isolation=isolation if isinstance(isolation, Isolation) else Isolation(isolation))
     if out is None:
         probe = None if isinstance(model, str) else factory()
         name = model if probe is None else getattr(probe, "name", type(probe).__name__)

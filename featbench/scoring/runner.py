@@ -11,7 +11,7 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +29,7 @@ from featbench.core.results import (RESULT_SCHEMA_VERSION, ResultError, check_wr
                                     read_result, run_identity, write_result)
 from featbench.data.storage import TaskData, load_task
 from featbench.data.suites import Suite, Task
+from featbench.scoring.isolation import Isolation
 from featbench.zoo.backbones import Backbone, load_backbone
 
 BATCH = 64  # maps per forward pass of a mapper or a tail
@@ -42,6 +43,8 @@ class RunConfig:
     seed: int = 0
     n_boot: int = 1000
     time_budget_s: float | None = None  # per task; None: no limit
+    # Where a submission's fit and predict run (featbench.scoring.isolation): a sandboxed child by default.
+    isolation: Isolation = field(default_factory=Isolation)
 
 
 class BudgetExceeded(FeatbenchError):
@@ -140,6 +143,12 @@ def new_task_record(task: Task, data: TaskData, cfg: RunConfig, notes: list[str]
     }
 
 
+def scoring_mode(suite: Suite, mode: str) -> dict[str, str]:
+    """A task record's ``scoring``: where the submission ran, and whether the suite's test targets
+    are published (anyone can score) or hidden (scored by the maintainers, who hold them)."""
+    return {"isolation": mode, "test_targets": suite.test_targets}
+
+
 def note(key: str, value: Any) -> str:
     """A task record's note of a named value (``key: value``), read back by `noted`."""
     return f"{key}: {value}"
@@ -154,7 +163,11 @@ def noted(record: dict, key: str) -> list[str]:
 def record_description(record: dict, model: Any, keys: tuple[str, ...]) -> dict:
     """The model's own account of its fit (its ``describe()``, if it has one): its ``n_params``
     into the record, and a note of each of `keys` that it gives. Returns the account."""
-    described = model.describe() if hasattr(model, "describe") else {}
+    return record_described(record, model.describe() if hasattr(model, "describe") else {}, keys)
+
+
+def record_described(record: dict, described: dict, keys: tuple[str, ...]) -> dict:
+    """`record_description` from the account itself (as an isolated scoring process returns it)."""
     if described.get("n_params") is not None:
         record["n_params"] = int(described["n_params"])
     record["notes"].extend(note(key, described[key]) for key in keys if described.get(key) is not None)

@@ -1,0 +1,168 @@
+"""Trusted scoring (featbench.scoring.isolation): a submission's fit and predict in a child process
+that never gets the test targets, under limits, sandboxed by bubblewrap where it works."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import featbench as fb
+from featbench.core.errors import FeatbenchError
+from featbench.core.paths import cache_dir
+from featbench.core.plugins import load_object, resolve_model
+from featbench.core.results import read_result
+from featbench.data.storage import load_task
+from featbench.scoring import isolation
+from featbench.scoring.run import model_factory
+from featbench.scoring.isolation import Isolation, pickled_factory, sandbox_problem
+from featbench.scoring.map_track import fit_and_predict_isolated, map_data, run_map_track, task_info
+from featbench.scoring.runner import RunConfig, new_task_record, noted
+from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite
+
+ATTACKER = Path(__file__).resolve().parent / "attacker_submission.py"
+CNN_TASK = f"map/{TINY_CNN}/blocks.1/rot90"
+
+
+def needs_sandbox() -> None:
+    problem = sandbox_problem()
+    if problem is not None:
+        pytest.skip(f"needs a working bubblewrap sandbox ({problem}); .ci/run installs it")
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    root = tmp_path_factory.mktemp("isolation")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEATBENCH_CACHE", str(root / "cache"))
+        s = make_tiny_suite(root, n_images=8)
+        fb.build_suite(s, batch_size=8, progress=False)
+        yield s
+
+
+def cfg(mode: str, **limits) -> RunConfig:
+    return RunConfig(seed=0, n_boot=20, time_budget_s=30, isolation=Isolation(mode, **limits))
+
+
+def test_baselines_score_the_same_isolated_as_in_process(suite, tmp_path):
+    needs_sandbox()
+    tasks = [suite.get_task(CNN_TASK), suite.get_task(f"map/{TINY_VIT}/blocks.1/noise40")]
+    runs = {mode: run_map_track(resolve_model("linear"), suite, tasks, tmp_path / f"{mode}.json", cfg(mode),
+                                progress=False) for mode in ("none", "sandbox")}
+    for plain, isolated in zip(runs["none"]["tasks"], runs["sandbox"]["tasks"]):
+        assert isolated["status"] == "ok", isolated.get("reason")
+        assert isolated["scoring"] == {"isolation": "sandbox", "test_targets": "published"}
+        assert plain["scoring"]["isolation"] == "none"
+        for metric, score in plain["metrics"].items():
+            assert isolated["metrics"][metric] == pytest.approx(score, abs=1e-6), metric
+        assert isolated["linear_structure"] == pytest.approx(plain["linear_structure"], abs=1e-6)
+        assert isolated["n_params"] == plain["n_params"]
+        assert float(noted(isolated, "isolation overhead_s")[0]) >= 0
+    assert read_result(tmp_path / "sandbox.json")["schema_version"] == "1.1"
+
+
+def _attack(suite, mode: str):
+    """The attacker fitted in a child as a run fits it; its findings and its predictions."""
+    task = suite.get_task(CNN_TASK)
+    data = load_task(suite, task)
+    info = task_info(suite, task, data, cfg(mode))
+    train, test = map_data(data.train, info), map_data(data.test, info)
+    # Its file beside the suite file and the cache: the folder it comes from is visible to it, the
+    # cache inside that folder must not be.
+    copy = suite.path.parent / "attacker.py"
+    copy.write_text(ATTACKER.read_text())
+    attacker = resolve_model(f"{copy}:Attacker")(suite_file=str(suite.path),
+                                                    cache=str(cache_dir()))
+    record = new_task_record(task, data, cfg(mode))
+    fitted = fit_and_predict_isolated(pickled_factory(model_factory(attacker)), train, test.x,
+                                      test.x_prefix, cfg(mode), mode, record)
+    return json.loads(fitted.described["findings"]), fitted, test
+
+
+def test_an_attacker_in_the_sandbox_gets_no_test_targets(suite):
+    needs_sandbox()
+    findings, fitted, test = _attack(suite, "sandbox")
+    assert not findings["load_task"].startswith("got")  # neither the suite file nor the data are there to see
+    assert findings["env FEATBENCH_CACHE"] != str(cache_dir())
+    assert findings["default cache"] == "absent"
+    assert findings["known cache path"] == []  # its absolute path: an empty folder
+    assert findings["walk"] == ["/job/in/tensors.safetensors"]  # only what it was sent
+    assert torch.equal(fitted.pred, test.x)  # so it predicts its input: the identity floor
+
+
+def test_without_the_sandbox_the_child_still_gets_no_targets_through_featbench(suite):
+    findings, _, _ = _attack(suite, "process")
+    assert not findings["load_task"].startswith("got")
+    assert findings["default cache"] == "absent" and findings["env cache"] == "absent"
+    # ...but it can read files by path: what README, "Trusted scoring", says of this mode.
+    assert findings["known cache path"] != []
+
+
+def test_the_attacker_scores_the_identity_floor(suite, tmp_path):
+    needs_sandbox()
+    result = fb.evaluate(load_object(str(ATTACKER), "Attacker")(str(suite.path)), suite, CNN_TASK,
+                         out=tmp_path / "attacker.json", n_boot=20, time_budget_s=30, progress=False)
+    (task,) = result["tasks"]
+    assert task["status"] == "ok" and task["scoring"]["isolation"] == "sandbox"
+    assert task["metrics"] == task["reference_points"]["identity"]
+    assert task["metrics"]["r2"]["value"] < 0.99
+
+
+class Misbehaving(fb.Mapper):
+    """Allocates past its memory limit on rot90, hangs in predict on mask_tl_red, else identity."""
+
+    name, version = "misbehaving", "1"
+
+    def fit(self, train):
+        self.manipulation = train.info.manipulation.name
+        if self.manipulation == "rot90":
+            self.hog = torch.empty(10 * 2**30, dtype=torch.uint8)  # past 8 GiB; address space only, never touched
+
+    def predict(self, x):
+        if self.manipulation == "mask_tl_red":
+            import time
+            time.sleep(3600)
+        return x
+
+
+def test_memory_hogs_and_hangs_fail_their_task_and_the_run_goes_on(suite, tmp_path):
+    tasks = [suite.get_task(f"map/{TINY_CNN}/blocks.1/{m}") for m in ("rot90", "noise40", "mask_tl_red")]
+    result = run_map_track(Misbehaving, suite, tasks, tmp_path / "bad.json",
+                           cfg("auto", memory_gb=8, wall_s=40), progress=False)
+    status = {t["task_id"].rsplit("/", 1)[1]: t for t in result["tasks"]}
+    assert status["rot90"]["status"] == "failed"
+    assert "allocate" in status["rot90"]["reason"] and "memory limit: 8.0 GiB" in status["rot90"]["reason"]
+    assert status["mask_tl_red"]["status"] == "failed"
+    assert "wall-time limit of 40 s" in status["mask_tl_red"]["reason"]
+    assert status["noise40"]["status"] == "ok"
+
+
+def test_without_bwrap_auto_warns_and_sandbox_refuses(monkeypatch):
+    monkeypatch.setattr(isolation, "sandbox_problem", lambda: "bwrap is not installed")
+    isolation.warn_unsandboxed.cache_clear()
+    with pytest.warns(RuntimeWarning, match="without a sandbox"):
+        assert Isolation("auto").resolved() == "process"
+    with pytest.raises(FeatbenchError, match="apt-get install bubblewrap"):
+        Isolation("sandbox").resolved()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Isolation("none").resolved() == "none"
+
+
+def test_a_model_that_cannot_be_sent_fails_the_run_at_once(suite, tmp_path):
+    local = type("Local", (fb.Mapper,), {"fit": lambda self, train: None, "predict": lambda self, x: x})
+    with pytest.raises(FeatbenchError, match="--no-isolation"):
+        run_map_track(lambda: local(), suite, [suite.get_task(CNN_TASK)], tmp_path / "x.json", cfg("process"),
+                      progress=False)
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_a_record_scored_in_process_is_not_kept_by_an_isolated_run(suite, tmp_path):
+    out = tmp_path / "id.json"
+    task = suite.get_task(CNN_TASK)
+    run_map_track(resolve_model("identity"), suite, [task], out, cfg("none"), progress=False)
+    again = run_map_track(resolve_model("identity"), suite, [task], out, cfg("process"), progress=False)
+    assert again["tasks"][0]["scoring"]["isolation"] == "process"  # scored again, not kept
