@@ -167,7 +167,7 @@ def test_a_custom_build_is_runnable_by_the_name_it_prints(tmp_path, base, capsys
     custom = fb.load_suite(name)
     assert custom.cli_name == name and custom.images["default_path"] == str(images.resolve())
     assert "image_scores" not in custom.invert
-    assert main(["run", "--suite", name, "--model", "identity", "--tasks", f"map/{TINY_CNN}/blocks.3/rot90",
+    assert main(["run", "--suite", name, "--model", "identity", "--no-isolation", "--tasks", f"map/{TINY_CNN}/blocks.3/rot90",
                  "--out-dir", str(tmp_path / "lb"), "--n-boot", "10"]) == 0
     assert name in fb.list_suites()
 
