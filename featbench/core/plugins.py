@@ -21,6 +21,9 @@ from featbench.core.errors import FeatbenchError, UnknownNameError
 
 MAPPERS = "featbench.mappers"
 INVERTERS = "featbench.inverters"
+# The module name of a model loaded from a file (by `load_object`): not importable elsewhere, so
+# the Ray executor sends such modules by value.
+FILE_MODULE_PREFIX = "featbench_user_"
 
 T = TypeVar("T")
 
@@ -58,7 +61,7 @@ def load_object(module_path: str, attr: str) -> Any:
         path = Path(module_path)
         if not path.is_file():
             raise UnknownNameError(f"no such file {path} (from model spec {module_path}:{attr})")
-        name = "featbench_user_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+        name = FILE_MODULE_PREFIX + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # dataclasses and pickling need the module registered

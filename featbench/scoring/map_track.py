@@ -30,6 +30,7 @@ from featbench.data.storage import TaskData, column_tensor, load_task
 from featbench.data.suites import Suite, Task
 from featbench.interfaces.mapper import MapData, Mapper, TaskInfo, with_prefix
 from featbench.scoring import image_scores, metrics
+from featbench.scoring.executors import Executor
 from featbench.scoring.runner import (BATCH, Models, RunConfig, model_identity, new_task_record, record_description,
                                       run_tasks, seed_everything, timed_fit)
 
@@ -159,15 +160,15 @@ def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, c
 
 
 def run_map_track(factory: Callable[[], Mapper], suite: Suite, tasks: list[Task], out: str | Path,
-                  cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
+                  cfg: RunConfig, progress: bool = True, executor: Executor | None = None) -> dict[str, Any]:
     """Evaluate `tasks` (those of the mapper's `categories`), writing the result file `out` after
-    each one; resumes from `out`."""
+    each one; resumes from `out`. `executor`: where the fits run (default: here, in turn)."""
     categories = getattr(factory, "categories", None)
     if categories is not None:
         tasks = [t for t in tasks if t.category in categories]
     tails = Models()
     return run_tasks("map", model_identity(factory), lambda task: evaluate_map_task(factory, suite, task, cfg, tails),
                      suite, tasks, out, cfg, progress, device="cpu",
-                     reusable=lambda task, rec: image_scores.record_is_current(suite, task, rec))
+                     reusable=lambda task, rec: image_scores.record_is_current(suite, task, rec), executor=executor)
 
 
