@@ -87,6 +87,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from featbench.core.results import result_path
     from featbench.data.suites import load_suite
     from featbench.scoring.isolation import Isolation
+    from featbench.scoring.executors import make_executor
     from featbench.scoring.run import evaluate
     from featbench.scoring.summaries import invert_summary_table, map_summary_table
 
@@ -100,11 +101,13 @@ def _cmd_run(args: argparse.Namespace) -> None:
         raise FeatbenchError("--out names one file; run one --model at a time with it")
     isolation = Isolation("none" if args.no_isolation else args.isolation, wall_s=args.wall_limit,
                           threads=args.threads, memory_gb=args.memory_limit)
+    executor = make_executor(args.executor, args.ray_address, args.cpus_per_task, args.gpus_per_task)
     results = []
     for spec in models:
         out = args.out or result_path(args.out_dir, spec, suite.name)
         results.append(evaluate(spec, suite, args.tasks, track=args.track, out=out, seed=args.seed,
-                                n_boot=args.n_boot, time_budget_s=args.time_budget, isolation=isolation))
+                                n_boot=args.n_boot, time_budget_s=args.time_budget, isolation=isolation,
+                                executor=executor))
         print(f"wrote {out}")
     print((invert_summary_table if invert else map_summary_table)(results))
 
@@ -273,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-limit", type=float, help="GiB of address space per scoring process "
                                                       "(default: 3/4 of this machine's memory)")
     p.add_argument("--threads", type=int, help="CPU threads per scoring process (default: torch's)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local (default): the fits one after another here; ray: fanned out over a Ray cluster "
+                        "(pip install 'featbench[ray]'; the cache must be on a file system all nodes share)")
+    p.add_argument("--ray-address", help="the Ray cluster's head, HOST:PORT (default: $RAY_ADDRESS, a cluster "
+                                         "`ray start` left on this machine, else a Ray started here)")
+    p.add_argument("--cpus-per-task", type=int, help="ray: CPUs (and torch threads) per fit (default: this "
+                                                     "process's torch threads)")
+    p.add_argument("--gpus-per-task", type=float, default=0, help="ray: GPUs per fit (default 0)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("train-inverter", help="train an inverter preset on one backbone and layer, with "

@@ -21,6 +21,8 @@ from featbench.core.errors import FeatbenchError, UnknownNameError
 
 MAPPERS = "featbench.mappers"
 INVERTERS = "featbench.inverters"
+# The module name of a model loaded from a file (by `load_object`): not importable elsewhere, so
+# the Ray executor sends such modules by value.
 
 T = TypeVar("T")
 

@@ -55,6 +55,7 @@ from featbench.interfaces.checkpoints import read_record
 from featbench.interfaces.inverter import InvertData, InvertInfo, Inverter, checkpoint_dir, resolve_inverter
 from featbench.interfaces.mapper import with_prefix
 from featbench.scoring import metrics
+from featbench.scoring.executors import Executor
 from featbench.scoring.runner import (Models, RunConfig, model_identity, new_task_record, noted, record_description,
                                       run_tasks, scoring_mode, seed_everything, timed_fit)
 
@@ -262,14 +263,16 @@ def evaluate_invert_task(factory: Callable[[], Inverter], suite: Suite, task: Ta
 
 
 def run_invert_track(factory: Callable[[], Inverter], suite: Suite, tasks: list[Task], out: str | Path,
-                     cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
-    """Evaluate invert `tasks`, writing the result file `out` after each one; resumes from `out`."""
+                     cfg: RunConfig, progress: bool = True, executor: Executor | None = None) -> dict[str, Any]:
+    """Evaluate invert `tasks`, writing the result file `out` after each one; resumes from `out`.
+    `executor`: where the fits run (default: here, in turn)."""
     model = model_identity(factory)
     model["metadata"]["invert_settings"] = invert_settings(suite)
     models = Models()
     return run_tasks("invert", model, lambda task: evaluate_invert_task(factory, suite, task, cfg, models),
                      suite, tasks, out, cfg, progress,
-                     reusable=lambda task, rec: scored_current_checkpoint(suite, task, model["name"], rec))
+                     reusable=lambda task, rec: scored_current_checkpoint(suite, task, model["name"], rec),
+                     executor=executor)
 
 
 def scored_current_checkpoint(suite: Suite, task: Task, inverter: str, record: dict) -> bool:

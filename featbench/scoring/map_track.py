@@ -35,6 +35,7 @@ from featbench.data.manipulations import get_manipulation
 from featbench.data.suites import Suite, Task
 from featbench.interfaces.mapper import MapData, Mapper, TaskInfo, with_prefix
 from featbench.scoring import image_scores, metrics
+from featbench.scoring.executors import Executor
 from featbench.scoring.isolation import ChildFailed, child_wall_limit, pickled_factory, run_in_child
 from featbench.scoring.runner import (BATCH, Models, RunConfig, hard_limit, model_identity, new_task_record, note,
                                       record_described, run_tasks, scoring_mode, seed_everything,
@@ -261,9 +262,9 @@ def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, c
 
 
 def run_map_track(factory: Callable[[], Mapper], suite: Suite, tasks: list[Task], out: str | Path,
-                  cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
+                  cfg: RunConfig, progress: bool = True, executor: Executor | None = None) -> dict[str, Any]:
     """Evaluate `tasks` (those of the mapper's `categories`), writing the result file `out` after
-    each one; resumes from `out`."""
+    each one; resumes from `out`. `executor`: where the fits run (default: here, in turn)."""
     categories = getattr(factory, "categories", None)
     if categories is not None:
         tasks = [t for t in tasks if t.category in categories]
@@ -278,6 +279,6 @@ def run_map_track(factory: Callable[[], Mapper], suite: Suite, tasks: list[Task]
         return rec.get("scoring") == scoring_mode(suite, mode) and image_scores.record_is_current(suite, task, rec)
 
     return run_tasks("map", model_identity(factory), evaluate, suite, tasks, out, cfg, progress, device="cpu",
-                     reusable=reusable)
+                     reusable=reusable, executor=executor)
 
 

@@ -4,6 +4,7 @@
     result = fb.evaluate("linear", "mini")                                 # a registered name
     result = fb.evaluate(MyMapper, "featbench-v1", tasks="map/*/blocks.4/*")   # a class (or factory)
     result = fb.evaluate("decoder", "mini", track="invert")
+    result = fb.evaluate("linear", "mini", executor="ray", ray_address="head-node:6379")  # on a Ray cluster
 
 The returned dict is the result file's record (also written to `out`, default
 ``results/<suite>/results/<model>.json``, so a second call resumes instead of starting over).
@@ -21,6 +22,7 @@ from featbench.core.plugins import INVERTERS, MAPPERS, resolve_model
 from featbench.core.results import result_path
 from featbench.data.storage import build_suite, is_built, variant_refs
 from featbench.data.suites import Suite, Task, load_suite
+from featbench.scoring.executors import Executor, make_executor
 from featbench.scoring.invert_track import run_invert_track
 from featbench.scoring.isolation import Isolation
 from featbench.scoring.map_track import run_map_track
@@ -55,14 +57,20 @@ def ensure_built(suite: Suite, tasks: list[Task], progress: bool = True) -> None
 def evaluate(model: Any, suite: Suite | str, tasks: str | None = None, *, track: str = "map",
              out: str | Path | None = None, out_dir: str | Path = "results", seed: int = 0, n_boot: int = 1000,
              time_budget_s: float | None = None, progress: bool = True,
-             isolation: str | Isolation = "auto") -> dict[str, Any]:
+             isolation: str | Isolation = "auto", executor: str | Executor = "local",
+             ray_address: str | None = None) -> dict[str, Any]:
     """Fit and score `model` on the `track` tasks of `suite` that match `tasks` (a glob such as
     ``map/*/blocks.6/*``, or a substring; all by default), writing the result file after every task.
     `time_budget_s` caps each fit (default: `featbench.scoring.runner.fit_budget`). `isolation`:
     where the model's fit and predict run (`featbench.scoring.isolation`; a mode name or an
-    `Isolation` with limits): by default a sandboxed child process that never sees the test targets."""
+    `Isolation` with limits): by default a sandboxed child process that never sees the test targets. `executor`:
+    ``local`` (here, one task after another), ``ray`` (fanned out over the Ray cluster at
+    `ray_address`) or an `featbench.scoring.executors` executor such as ``RayExecutor(address,
+    cpus_per_task=4)``."""
     if track not in ("map", "invert"):
         raise FeatbenchError(f"unknown track {track!r}; choose map or invert")
+    if isinstance(executor, str):
+        executor = make_executor(executor, ray_address)
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
     selected = suite.select(tasks, track=track)
     ensure_built(suite, selected, progress)
@@ -75,4 +83,4 @@ def evaluate(model: Any, suite: Suite | str, tasks: str | None = None, *, track:
         name = model if probe is None else getattr(probe, "name", type(probe).__name__)
         out = result_path(out_dir, name, suite.name)
     run = run_invert_track if track == "invert" else run_map_track
-    return run(factory, suite, selected, out, cfg, progress)
+    return run(factory, suite, selected, out, cfg, progress, executor)

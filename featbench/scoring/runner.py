@@ -30,6 +30,7 @@ from featbench.core.results import (RESULT_SCHEMA_VERSION, ResultError, check_wr
 from featbench.data.storage import TaskData, load_task
 from featbench.data.suites import Suite, Task
 from featbench.scoring.isolation import Isolation
+from featbench.scoring.executors import Executor, LocalExecutor
 from featbench.zoo.backbones import Backbone, load_backbone
 
 BATCH = 64  # maps per forward pass of a mapper or a tail
@@ -188,8 +189,9 @@ def model_identity(factory: Callable[[], Any]) -> dict[str, Any]:
 
 def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], dict[str, Any]], suite: Suite,
               tasks: list[Task], out: str | Path, cfg: RunConfig, progress: bool = True,
-              device: str | None = None, reusable: Callable[[Task, dict], bool] | None = None) -> dict[str, Any]:
-    """Score `tasks` one by one with `evaluate`, rewriting the result file `out` after each.
+              device: str | None = None, reusable: Callable[[Task, dict], bool] | None = None,
+              executor: Executor | None = None) -> dict[str, Any]:
+    """Score `tasks` with `evaluate`, rewriting the result file `out` after each.
 
     A file left by an interrupted run of the same track, model (name, version and source), suite
     version and seed is resumed: its scored tasks are kept where the task data are still the same,
@@ -197,6 +199,8 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], dict
     to the file; it never drops the others). The file lists tasks in the suite's order.
     `reusable(task, record)`, if given, must also accept a kept record (else the task is scored
     again). `device` is the one recorded (default: the first CUDA device when there is one).
+    `executor` runs the `evaluate` calls (default: here, one after another; `executors.RayExecutor`
+    fans them out over a cluster); the file is rewritten as each record comes back.
     """
     out = Path(out)
     done: dict[str, dict] = {}
@@ -229,19 +233,34 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], dict
     }
     check_writable(out, record)
     run_start = time.perf_counter()
-    bar = tqdm(tasks, desc=f"{model['name']} on {suite.name} ({track})", unit="task", disable=not progress)
-    for task in bar:
-        bar.set_postfix_str(task.id)
+
+    def add(result: dict) -> None:
+        record["tasks"] = sorted([t for t in record["tasks"] if t["task_id"] != result["task_id"]] + [result],
+                                 key=lambda t: order.get(t["task_id"], len(order)))
+
+    todo = []
+    for task in tasks:
         if task.id in done and done[task.id]["task_sha256"] == load_task(suite, task).content_sha256 \
                 and (reusable is None or reusable(task, done[task.id])):
-            result = done[task.id]  # scored before, on the same data
+            add(done[task.id])  # scored before, on the same data
         else:
-            result = evaluate(task)
-        record["tasks"] = sorted([t for t in record["tasks"] if t["task_id"] != task.id] + [result],
-                                 key=lambda t: order.get(t["task_id"], len(order)))
+            todo.append(task)
+
+    def lost(task: Task, reason: str) -> dict:
+        return new_task_record(task, load_task(suite, task), cfg) | {"status": "failed", "reason": reason}
+
+    def save() -> dict[str, Any]:
         record["duration_s"] = round(previous_duration + time.perf_counter() - run_start, 3)
         sizes = [t["n_params"] for t in record["tasks"] if t.get("n_params") is not None]
         record["model"]["n_params"] = max(sizes) if sizes else None  # the largest task's instance
-        record = write_result(out, record)
-        record.pop("record_sha256")
-    return write_result(out, record)
+        return write_result(out, record)  # seals a copy; `record` goes on unsealed
+
+    bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=f"{model['name']} on {suite.name} ({track})",
+               unit="task", disable=not progress)
+    for task, result in (executor or LocalExecutor()).map(evaluate, todo, lost):
+        bar.set_postfix_str(task.id)
+        bar.update()
+        add(result)
+        save()
+    bar.close()
+    return save()
