@@ -10,8 +10,15 @@ of the original.
 
 Built-ins (FeatMap's set): ``rot90``, ``rot180``, ``rot270``, ``hflip``, ``vflip`` (geometric);
 ``noise40``, ``hue60``, ``grayscale`` (photometric); ``mask_tl_red``, ``mask_br_green``,
-``mask_center_big_blue``, ``mask_center_small_yellow`` (local). The ``semantic`` category has no
-built-ins; add your own with :func:`register_manipulation`.
+``mask_center_big_blue``, ``mask_center_small_yellow`` (local). Semantic, object-level edits
+(``object_removal``, ``object_only``, ``background_swap``) live in :mod:`featbench.data.semantic`;
+add your own with :func:`register_manipulation`.
+
+Most manipulations see pixels only. An *image-aware* one (``contextual=True``) also gets a
+:class:`ManipulationContext`: which image and view each row is, its split, and a way to see other
+images of the same split as the suite cuts them (a background swap's partner, an edit pair's
+edited image). Builders pass it; the result must still depend only on each row's own image, view
+and seed, never on the batch.
 """
 
 from __future__ import annotations
@@ -42,6 +49,26 @@ class ManipulationParamError(FeatbenchError, ValueError):
 
 
 @dataclass(frozen=True)
+class ManipulationContext:
+    """What an image-aware manipulation knows beyond the pixels of its rows.
+
+    ``image_ids[i]`` and ``views[i]`` name row i; every row is of ``split``, whose image ids (in
+    manifest order) are ``split_ids``. ``load_view(image_id, view)`` gives that view of another image
+    of the split, float32 3×H×W in [0, 255], cut exactly as the suite cuts it.
+    ``view_of(image, image_id, view)`` cuts a given PIL image (an edited version of ``image_id``)
+    the way that view of ``image_id`` is cut, after resizing it to the original's size.
+    """
+
+    image_ids: Sequence[str]
+    views: Sequence[int]
+    split: str
+    split_ids: Sequence[str]
+    suite_seed: int
+    load_view: Callable[[str, int], torch.Tensor] = field(repr=False)
+    view_of: Callable[[Image.Image, str, int], torch.Tensor] = field(repr=False)
+
+
+@dataclass(frozen=True)
 class _Entry:
     category: str
     fn: Callable[..., torch.Tensor]
@@ -50,6 +77,7 @@ class _Entry:
     seeded: bool
     version: int
     check: Callable[[Mapping[str, Any]], None] | None
+    contextual: bool = False
 
 
 _REGISTRY: Registry[_Entry] = Registry("manipulation")
@@ -68,22 +96,34 @@ class Manipulation:
     params: Mapping[str, Any] = field(hash=False)  # read-only; values are hashable and JSON-able
     _entry: _Entry = field(repr=False, compare=False)
 
-    def __call__(self, images: torch.Tensor, seeds: Sequence[int] | None = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, seeds: Sequence[int] | None = None,
+                 context: ManipulationContext | None = None) -> torch.Tensor:
         """Apply to float32 images N×3×H×W in [0, 255]; returns a new tensor, the input is untouched.
 
         ``seeds`` (one int per image) is required by seeded manipulations (``noise40``), so that
         each image's result depends only on its own seed, not on the batch it is in. Others
-        ignore it.
+        ignore it. ``context`` is required by image-aware ones (:attr:`needs_context`) and
+        ignored by the rest.
         """
         if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.float32:
             raise FeatbenchError(
                 f"manipulation {self.name!r} needs float32 images N×3×H×W in [0, 255], "
                 f"got {images.dtype} of shape {tuple(images.shape)}"
             )
+        kwargs = dict(self.params)
         if self._entry.seeded:
-            out = self._entry.fn(images, seeds=_check_seeds(self.name, seeds, len(images)), **self.params)
-        else:
-            out = self._entry.fn(images, **self.params)
+            kwargs["seeds"] = _check_seeds(self.name, seeds, len(images))
+        if self._entry.contextual:
+            if context is None:
+                raise ManipulationParamError(
+                    f"manipulation {self.name!r} is image-aware: it needs a ManipulationContext (which image, "
+                    "view and split each row is), which featbench's builders pass")
+            if len(context.image_ids) != len(images) or len(context.views) != len(images):
+                raise ManipulationParamError(
+                    f"manipulation {self.name!r}: the context names {len(context.image_ids)} rows for "
+                    f"{len(images)} images")
+            kwargs["context"] = context
+        out = self._entry.fn(images, **kwargs)
         # Geometric actions may swap H and W; nothing may change batch, channels or dtype.
         same_shape = out.shape == images.shape if not self.is_geometric else out.shape[:2] == images.shape[:2]
         if not same_shape or out.dtype != images.dtype:
@@ -92,6 +132,11 @@ class Manipulation:
                 f"into {out.dtype} {tuple(out.shape)}"
             )
         return out
+
+    @property
+    def needs_context(self) -> bool:
+        """True if this manipulation is image-aware: it must be called with a :class:`ManipulationContext`."""
+        return self._entry.contextual
 
     @property
     def is_geometric(self) -> bool:
@@ -174,6 +219,7 @@ def register_manipulation(
     seeded: bool = False,
     version: int = 1,
     check: Callable[[Mapping[str, Any]], None] | None = None,
+    contextual: bool = False,
 ) -> None:
     """Add a manipulation under a new ``name``.
 
@@ -181,7 +227,8 @@ def register_manipulation(
     N×3×H×W images in [0, 255] to the same. Geometric ones must give ``grid_fn(fmap, **params)``,
     the same spatial action on any N×C×h×w map; other categories must not. ``defaults`` names every
     parameter (values JSON-able); ``check(params)`` may raise :class:`FeatbenchError` for values it
-    does not allow. Bump ``version`` whenever the output for the same params changes, so that
+    does not allow. ``contextual`` ones are called ``fn(images, context=ManipulationContext, ...)``.
+    Bump ``version`` whenever the output for the same params changes, so that
     cached results are recomputed.
     """
     if category not in CATEGORIES:
@@ -195,7 +242,7 @@ def register_manipulation(
     frozen = _frozen_params(name, defaults)
     if check is not None:
         check(frozen)  # a default that its own check rejects is a bug; catch it here, not at first use
-    _REGISTRY.add(name, _Entry(category, fn, frozen, grid_fn, seeded, version, check))
+    _REGISTRY.add(name, _Entry(category, fn, frozen, grid_fn, seeded, version, check, contextual))
 
 
 # --- parameter handling -------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import datasets
 import numpy as np
 import torch
+from PIL import Image
 from datasets import Array2D, Array3D, DatasetDict, Features, Value
 from datasets.arrow_writer import ArrowWriter
 from datasets.table import MemoryMappedTable, concat_tables
@@ -41,7 +42,7 @@ from featbench.core.cache import atomic_write
 from featbench.core.errors import DataError
 from featbench.core.hashing import sha256_file, sha256_json
 from featbench.data.images import ImageRecord, ImageSource, seed_for, split_by_name, views
-from featbench.data.manipulations import Manipulation
+from featbench.data.manipulations import Manipulation, ManipulationContext
 from featbench.core.paths import cache_dir
 from featbench.data.suites import ORIGINAL, Suite, Task
 
@@ -364,27 +365,57 @@ def _plan_backbone(suite: Suite, backbone_name: str,
 
 @dataclass
 class Decoded:
-    """A chunk's views as float32 pixels N×3×H×W in [0, 255], with each row's columns."""
+    """A chunk's views as float32 pixels N×3×H×W in [0, 255], with each row's columns and the
+    context that image-aware manipulations get."""
 
     pixels: torch.Tensor
     ids: list[str]
     view_ix: list[int]
     labels: list[int]
+    context: ManipulationContext
+
+
+class _SplitViews:
+    """The views of one split's images as `suite` cuts them for `bb`: what a manipulation's context offers."""
+
+    def __init__(self, suite: Suite, source: ImageSource, bb: Backbone, split: str):
+        self.suite, self.source, self.pre, self.split = suite, source, bb.spec.preprocessing, split
+        self.records = {r.image_id: r for r in split_by_name(source.records, suite.n_test)[split]}
+
+    def cut(self, image: Image.Image, image_id: str) -> list[torch.Tensor]:
+        pre = self.pre
+        return list(views(image, self.suite.views[self.split], pre.resize, pre.crop, pre.interpolation,
+                          seed_for(self.suite.seed, image_id)))
+
+    def _record(self, image_id: str) -> ImageRecord:
+        if image_id not in self.records:
+            raise DataError(f"image {image_id!r} is not in the {self.split} split of {self.suite.name}")
+        return self.records[image_id]
+
+    def load_view(self, image_id: str, view: int) -> torch.Tensor:
+        return self.cut(self.source.open(self._record(image_id)), image_id)[view]
+
+    def view_of(self, image: Image.Image, image_id: str, view: int) -> torch.Tensor:
+        with Image.open(self._record(image_id).path) as original:
+            size = original.size
+        return self.cut(image.convert("RGB").resize(size, Image.Resampling.BICUBIC), image_id)[view]
+
+    def context(self, ids: list[str], view_ix: list[int]) -> ManipulationContext:
+        return ManipulationContext(ids, view_ix, self.split, tuple(self.records), self.suite.seed,
+                                   self.load_view, self.view_of)
 
 
 def decode_chunk(suite: Suite, source: ImageSource, bb: Backbone, chunk: Chunk) -> Decoded:
     """Decode each image of the chunk once; every variant derives from these pixels."""
-    pre = bb.spec.preprocessing
+    split_views = _SplitViews(suite, source, bb, chunk.split)
     pixels, ids, view_ix, labels = [], [], [], []
     for rec in chunk.records:
-        image = source.open(rec)
-        for v, px in enumerate(views(image, suite.views[chunk.split], pre.resize, pre.crop, pre.interpolation,
-                                     seed_for(suite.seed, rec.image_id))):
+        for v, px in enumerate(split_views.cut(source.open(rec), rec.image_id)):
             pixels.append(px)
             ids.append(rec.image_id)
             view_ix.append(v)
             labels.append(rec.label)
-    return Decoded(torch.stack(pixels), ids, view_ix, labels)
+    return Decoded(torch.stack(pixels), ids, view_ix, labels, split_views.context(ids, view_ix))
 
 
 def variant_pixels(suite: Suite, rows: Decoded, manipulations: list[Manipulation | None]) -> Iterator[torch.Tensor]:
@@ -393,7 +424,8 @@ def variant_pixels(suite: Suite, rows: Decoded, manipulations: list[Manipulation
         if m is None:
             yield rows.pixels
         else:
-            yield m(rows.pixels, [seed_for(suite.seed, i, v, m.name) for i, v in zip(rows.ids, rows.view_ix)])
+            yield m(rows.pixels, [seed_for(suite.seed, i, v, m.name) for i, v in zip(rows.ids, rows.view_ix)],
+                    rows.context)
 
 
 def _build_backbone(suite: Suite, source: ImageSource, bb: Backbone, refs: dict[str, dict[str, VariantRef]],
