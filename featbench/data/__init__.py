@@ -1,12 +1,13 @@
 """Stage 2, the pinned data: image sources and splits (`images`), manipulations (`manipulations`),
-suite definitions (`suites`), the cached task datasets (`storage`), and the true and manipulated
-target images (`targets`)."""
+suite definitions (`suites`), the object-level semantic edits (`semantic`), the cached task datasets
+(`storage`), and the true and manipulated target images (`targets`)."""
 
 from featbench.data.images import ImageRecord, ImageSource, folder_source, seed_for, split_by_name
 from featbench.data.manipulations import (CATEGORIES, Manipulation, get_manipulation, list_manipulations,
                                           register_manipulation)
 from featbench.data.storage import TaskData, build_suite, column_tensor, is_built, load_task, variant_refs
 from featbench.data.suites import Suite, Task, list_suites, load_suite
+from featbench.data import semantic  # registers the semantic edits
 from featbench.data.targets import aligned_targets, manipulated_images, network_input, resize_images, target_images
 
 __all__ = [
