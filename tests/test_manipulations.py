@@ -14,6 +14,8 @@ from featbench.data.manipulations import get_manipulation, list_manipulations, r
 GEOMETRIC = ["rot90", "rot180", "rot270", "hflip", "vflip"]
 PHOTOMETRIC = ["noise40", "hue60", "grayscale"]
 LOCAL = ["mask_tl_red", "mask_br_green", "mask_center_big_blue", "mask_center_small_yellow"]
+# Need the real saliency model and pinned images: tests/test_semantic.py.
+SEMANTIC = ["object_removal", "object_only", "background_swap"]
 
 
 def random_images(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -42,11 +44,11 @@ def scratch_registry(monkeypatch):
 
 
 def test_builtins_are_listed_by_category():
-    assert list_manipulations() == GEOMETRIC + PHOTOMETRIC + LOCAL
+    assert list_manipulations() == GEOMETRIC + PHOTOMETRIC + LOCAL + SEMANTIC
     assert list_manipulations("geometric") == GEOMETRIC
     assert list_manipulations("photometric") == PHOTOMETRIC
     assert list_manipulations("local") == LOCAL
-    assert list_manipulations("semantic") == []
+    assert list_manipulations("semantic") == SEMANTIC
     for name in list_manipulations():
         m = get_manipulation(name)
         assert m.name == name
@@ -55,7 +57,7 @@ def test_builtins_are_listed_by_category():
         list_manipulations("colour")
 
 
-@pytest.mark.parametrize("name", list_manipulations())
+@pytest.mark.parametrize("name", GEOMETRIC + PHOTOMETRIC + LOCAL)
 @pytest.mark.parametrize("h, w", [(32, 48), (224, 224)])
 def test_every_manipulation_keeps_shape_dtype_range(name, h, w):
     images = random_images(2, h, w)
@@ -286,7 +288,7 @@ def _check_amount(p):
 
 def test_register_user_manipulation(scratch_registry):
     register_manipulation("invert", "semantic", _invert, {"amount": 1.0}, version=2, check=_check_amount)
-    assert list_manipulations("semantic") == ["invert"]
+    assert list_manipulations("semantic") == SEMANTIC + ["invert"]
     m = get_manipulation("invert")
     x = random_images(1, 8, 8)
     assert torch.allclose(m(x), 255 - x)

@@ -75,6 +75,8 @@ def test_each_edit_touches_what_it_says(pinned_rows):
     fill = torch.tensor(NEUTRAL_FILL, dtype=px.dtype).view(1, 3, 1, 1).expand_as(px)
     assert torch.equal(only[~region], fill[~region])
     swapped = get_manipulation("background_swap")(px, None, rows.context)
+    for out in (removed, only, swapped):
+        assert out.shape == px.shape and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 255
     assert torch.equal(swapped[region], px[region])
     assert not torch.equal(swapped[~region], px[~region])
 
