@@ -103,7 +103,8 @@ def init_suite(images: str | Path, out: str | Path, *, base: str | Path = "featb
                      f"a hash of the file name), labels {labels}; the design of {template.name} v{template.version}."),
         backbones=chosen, manipulations=list(template.manipulations), tracks=list(template.tracks),
         run_defaults=dict(template.run_defaults),
-        invert={k: v for k, v in template.invert.items() if k != "image_scores"})
+        invert={k: v for k, v in template.invert.items() if k != "image_scores"},
+        extra_scores=list(template.extra_scores))
     return suite.save(out)
 
 

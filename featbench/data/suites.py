@@ -79,6 +79,9 @@ class Suite:
     # "hidden": they stay with the maintainers (published: test inputs only), who make the
     # official scores. Hashed into the spec when hidden.
     test_targets: str = "published"
+    # Scores beside the standard ones (`EXTRA_SCORES`), for every task they apply to. Hashed into
+    # the spec when given, so that suites without them keep their hashes.
+    extra_scores: list[str] = field(default_factory=list)
 
     # -- tasks --------------------------------------------------------------------------------
     @cached_property
@@ -179,7 +182,7 @@ class Suite:
         invert = {k: v for k, v in self.invert.items() if k != "image_scores"}
         custom = Suite(name, self.version, self.description, self.seed, images, self.n_test, self.views,
                        self.backbones, self.manipulations, self.tracks, None, self.run_defaults, invert,
-                       self.test_targets)
+                       self.test_targets, self.extra_scores)
         return custom.save(custom_suites_dir() / f"{name}.yaml")
 
     def to_yaml_dict(self) -> dict[str, Any]:
@@ -198,6 +201,8 @@ class Suite:
             out["invert"] = self.invert
         if self.test_targets != "published":
             out["test_targets"] = self.test_targets
+        if self.extra_scores:
+            out["scores"] = self.extra_scores
         return out
 
     def save(self, path: str | Path) -> "Suite":
@@ -237,6 +242,8 @@ class Suite:
             spec["invert"] = self.invert
         if self.test_targets != "published":  # likewise
             spec["test_targets"] = self.test_targets
+        if self.extra_scores:  # likewise
+            spec["scores"] = self.extra_scores
         return spec
 
     def spec_sha256(self) -> str:
@@ -276,6 +283,16 @@ def _check_layers(suite: Suite) -> Suite:
 
 
 TEST_TARGETS = ("published", "hidden")
+# semantic: FeatMap's class scores beside top1_agree (backbones with a head); changed_region: the
+# map scores restricted to the positions an edit changed (local and semantic tasks).
+EXTRA_SCORES = ("semantic", "changed_region")
+
+
+def _extra_scores(value: Any, path: Path) -> list[str]:
+    if not isinstance(value, list) or any(v not in EXTRA_SCORES for v in value) or len(set(value)) != len(value):
+        raise FeatbenchError(f"suite file {path}: scores must be a list of distinct names from "
+                             f"{', '.join(EXTRA_SCORES)}, got {value!r}")
+    return list(value)
 
 
 def _test_targets(value: Any, path: Path) -> str:
@@ -296,6 +313,7 @@ def _suite_from_yaml(path: Path) -> Suite:
             tracks=list(raw.get("tracks", ["map", "invert"])), path=path,
             run_defaults=dict(raw.get("run_defaults", {})), invert=dict(raw.get("invert") or {}),
             test_targets=_test_targets(raw.get("test_targets", "published"), path),
+            extra_scores=_extra_scores(raw.get("scores", []), path),
         ))
     except FeatbenchError:
         raise

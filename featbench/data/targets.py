@@ -145,3 +145,27 @@ def manipulated_images(suite, task, backbone: "Backbone", rows: list[tuple[str, 
         return to_target(pixels[[position[r] for r in rows]], resolution)
 
     return cached_tensor(cache_dir() / "image_scores" / "manipulated" / f"{key[:40]}.safetensors", key, make)
+
+
+def changed_cells(suite, task, backbone: "Backbone", rows: list[tuple[str, int]], grid: tuple[int, int],
+                  split: str = "test") -> torch.Tensor:
+    """Where the task's manipulation changed each row's view, on the feature grid: bool N×h×w, true
+    for a grid cell whose footprint in the view holds a pixel that differs (at 8 bits) from the
+    original. For local and semantic manipulations (geometric ones move every cell). Cached by key."""
+    if task.manipulation.is_geometric:
+        raise DataError(f"task {task.id}: a geometric manipulation has no changed region")
+    key = sha256_json({"version": MANIPULATED_VERSION, "targets": targets_spec(suite, task.backbone, split, 0),
+                       "manipulation": task.manipulation.spec(), "rows": rows, "grid": list(grid)})
+
+    def make() -> torch.Tensor:
+        source = suite.image_source()
+        wanted = {i for i, _ in rows}
+        records = [r for r in split_by_name(source.records, suite.n_test)[split] if r.image_id in wanted]
+        decoded = decode_chunk(suite, source, backbone, Chunk(split, 0, tuple(records)))
+        position = {(i, v): k for k, (i, v) in enumerate(zip(decoded.ids, decoded.view_ix))}
+        pixels = next(variant_pixels(suite, decoded, [task.manipulation]))
+        differs = (to_uint8(pixels) != to_uint8(decoded.pixels)).any(1, keepdim=True).float()
+        cells = torch.nn.functional.adaptive_max_pool2d(differs, grid)[:, 0] > 0
+        return cells[[position[r] for r in rows]]
+
+    return cached_tensor(cache_dir() / "image_scores" / "changed" / f"{key[:40]}.safetensors", key, make)

@@ -31,6 +31,7 @@ from featbench.core.hashing import sha256_json, sha256_tensors
 from featbench.core.paths import cache_dir
 from featbench.data.images import seed_for
 from featbench.data.storage import TaskData, column_tensor, load_task
+from featbench.data.targets import changed_cells
 from featbench.data.manipulations import get_manipulation
 from featbench.data.suites import Suite, Task
 from featbench.interfaces.mapper import MapData, Mapper, TaskInfo, with_prefix
@@ -95,14 +96,44 @@ def predict_all(mapper: Mapper, x: torch.Tensor, prefix: torch.Tensor | None):
     return torch.cat(maps), (torch.cat(prefixes) if prefix is not None else None), any_prefix
 
 
+@dataclass(frozen=True)
+class ScoreExtras:
+    """What the scores a suite adds (``scores:`` in its file) need beyond P and Y: the tail output of
+    the original maps X (``semantic``, backbones with a head) and the changed grid cells
+    (``changed_region``, local and semantic tasks). ``key`` names both in the score cache."""
+
+    original_logits: torch.Tensor | None = None
+    changed: torch.Tensor | None = None
+
+    @property
+    def key(self) -> list[str | None]:
+        return [None if t is None else sha256_tensors({"t": t}) for t in (self.original_logits, self.changed)]
+
+
+def score_extras(suite: Suite, task: Task, data: TaskData, tails: Models, test: MapData) -> ScoreExtras:
+    """The inputs of the suite's extra scores that apply to `task` (none for most suites)."""
+    original_logits = changed = None
+    backbone = tails.backbone(task.backbone)
+    if "semantic" in suite.extra_scores and backbone.spec.has_head:
+        original_logits = tails.target(task, data.record["x"]["key"], test.x, test.x_prefix)
+    if "changed_region" in suite.extra_scores and task.category in ("local", "semantic"):
+        rows = list(zip(data.test["image_id"], [int(v) for v in data.test["view"]]))
+        changed = changed_cells(suite, task, backbone, rows, tuple(test.y.shape[-2:]))
+    return ScoreExtras(original_logits, changed)
+
+
 def _scores(task: Task, tails: Models, pred: torch.Tensor, pred_prefix, y: torch.Tensor, y_prefix,
-            target_key: str, labels: torch.Tensor, cfg: RunConfig) -> dict[str, dict]:
+            target_key: str, labels: torch.Tensor, cfg: RunConfig, extras: ScoreExtras = ScoreExtras()
+            ) -> dict[str, dict]:
     """The scores of `pred`, cached on disk by a hash of the prediction itself: they depend on
-    nothing else but the task's targets and the bootstrap settings, so the identity and spatial
-    reference points, and models that predict them (`identity`, `spatial`), cost one tail pass
-    per task, not one per model."""
-    key = sha256_json([sha256_tensors({"pred": pred, **({"prefix": pred_prefix} if pred_prefix is not None else {})}),
-                       target_key, task.id, cfg.seed, cfg.n_boot, SCORE_CACHE_VERSION])
+    nothing else but the task's targets, the extra scores' inputs and the bootstrap settings, so
+    the identity and spatial reference points, and models that predict them (`identity`,
+    `spatial`), cost one tail pass per task, not one per model."""
+    key = [sha256_tensors({"pred": pred, **({"prefix": pred_prefix} if pred_prefix is not None else {})}),
+           target_key, task.id, cfg.seed, cfg.n_boot, SCORE_CACHE_VERSION]
+    if extras != ScoreExtras():  # only then, so that the cached scores of other suites keep their keys
+        key.append(extras.key)
+
     def make() -> dict[str, dict]:
         seed = seed_for(cfg.seed, task.id, "bootstrap")
         out = metrics.score_maps(pred, y, n_boot=cfg.n_boot, seed=seed)
@@ -112,18 +143,23 @@ def _scores(task: Task, tails: Models, pred: torch.Tensor, pred_prefix, y: torch
             out |= metrics.score_logits(tp, ty, labels, n_boot=cfg.n_boot, seed=seed)
         else:
             out |= metrics.score_embeddings(tp, ty, n_boot=cfg.n_boot, seed=seed)
+        if extras.original_logits is not None:
+            out |= metrics.score_semantic(tp, ty, extras.original_logits, n_boot=cfg.n_boot, seed=seed)
+        if extras.changed is not None:
+            out |= metrics.score_changed_region(pred, y, extras.changed, n_boot=cfg.n_boot, seed=seed)
         return {k: v.to_dict() for k, v in out.items()}
 
-    return cached_json(cache_dir() / "scores" / f"{key}.json", make)
+    return cached_json(cache_dir() / "scores" / f"{sha256_json(key)}.json", make)
 
 
 def _reference_points(task: Task, tails: Models, test: MapData, target_key: str, labels: torch.Tensor,
-                      cfg: RunConfig, images: image_scores.ImageScorer | None = None) -> dict[str, dict]:
+                      cfg: RunConfig, images: image_scores.ImageScorer | None = None,
+                      extras: ScoreExtras = ScoreExtras()) -> dict[str, dict]:
     """identity (P = X) and, for geometric manipulations, spatial (P = the exact grid action of X)."""
     refs = {"identity": test.x}
     if task.manipulation.is_geometric:
         refs["spatial"] = task.manipulation.grid_action(test.x)
-    return {name: _scores(task, tails, pred, test.x_prefix, test.y, test.y_prefix, target_key, labels, cfg)
+    return {name: _scores(task, tails, pred, test.x_prefix, test.y, test.y_prefix, target_key, labels, cfg, extras)
             | (images.score(pred, test.x_prefix) if images else {}) for name, pred in refs.items()}
 
 
@@ -229,8 +265,9 @@ def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, c
     images = image_scores.for_task(suite, task, data, tails, cfg)  # the suite's pinned inverter, if any
     if images:
         record["notes"].append(images.note)
+    extras = score_extras(suite, task, data, tails, test)
     if references:
-        record["reference_points"] = _reference_points(task, tails, test, target_key, labels, cfg, images)
+        record["reference_points"] = _reference_points(task, tails, test, target_key, labels, cfg, images, extras)
     try:
         if mode == "none":
             fitted = fit_and_predict(factory, train, test.x, test.x_prefix)
@@ -250,7 +287,8 @@ def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, c
     if test.x_prefix is not None and not fitted.predicted_prefix:
         record["notes"].append("the mapper predicts no class-token prefix: the source's prefix was carried over")
     pred, pred_prefix = fitted.pred, fitted.pred_prefix
-    record["metrics"] = _scores(task, tails, pred, pred_prefix, test.y, test.y_prefix, target_key, labels, cfg)
+    record["metrics"] = _scores(task, tails, pred, pred_prefix, test.y, test.y_prefix, target_key, labels, cfg,
+                                extras)
     if images:
         record["metrics"] |= images.score(pred, pred_prefix)
     described = record_described(record, fitted.described, DESCRIBED_KEYS)

@@ -11,7 +11,8 @@ A mean of per-image values is one kind of statistic; a ratio such as r2 = 1 − 
 another, and resampling its numerator and denominator together (rather than averaging per-image
 ratios) is what keeps its interval honest. `bootstrap` resamples image indices once for all
 components; `score` evaluates a set of statistics with their intervals. The entry points are
-`score_maps`, `score_logits` and `score_embeddings`; `linear_structure` analyses mappers that
+`score_maps`, `score_logits` and `score_embeddings`, and where a suite asks for them FeatMap's
+`score_semantic` and `score_changed_region`; `linear_structure` analyses mappers that
 expose a shared channel matrix. At the image level, `lpips` (LPIPS v0.1 on featbench's pinned
 backbones) and `ssim` give one value per image pair.
 
@@ -242,6 +243,102 @@ def score_logits(LP: torch.Tensor, LY: torch.Tensor, labels: torch.Tensor | Sequ
                  n_boot: int = 1000, seed: int = 0) -> dict[str, Score]:
     """top1_agree, jsd and top1_acc (None without labels) with intervals."""
     return score(logit_components(LP, LY, labels), LOGIT_STATISTICS, n_boot=n_boot, seed=seed)
+
+
+# --- FeatMap's semantic scores (suites that ask for them: ``scores: [semantic]``) ---------------
+
+
+def semantic_components(LP: torch.Tensor, LY: torch.Tensor, LX: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per-image components from logits LP = tail(P), LY = tail(Y) and LX = tail(X), X the original
+    image's map (N×K each).
+
+    - ``agree_original``: 1 where argmax LP = argmax LX (the mapped features keep the original's class);
+    - ``agree5``: 1 where argmax LY is among the 5 largest LP;
+    - ``prob_delta``: |softmax(LP)[c] − softmax(LY)[c]| with c = argmax LY, how far the mapped
+      features' confidence in the edited image's class is from the edited image's own.
+    """
+    LP, LY, LX = _float64(LP), _float64(LY), _float64(LX)
+    _check_pair(LP, LY, 2, "logits")
+    _check_pair(LX, LY, 2, "logits of the original")
+    c = LY.argmax(-1, keepdim=True)
+    top5 = LP.topk(min(5, LP.shape[-1]), dim=-1).indices
+    out = {"agree_original": LP.argmax(-1) == LX.argmax(-1), "agree5": (top5 == c).any(-1),
+           "prob_delta": (LP.softmax(-1).gather(-1, c) - LY.softmax(-1).gather(-1, c)).abs()[:, 0]}
+    return {name: t.to(torch.float64).cpu().numpy() for name, t in out.items()}
+
+
+def _top1_agree_original(c: Components) -> float:
+    """top1_agree_original = share of images with argmax LP = argmax LX."""
+    return float(np.mean(c["agree_original"]))
+
+
+def _top5_agree(c: Components) -> float:
+    """top5_agree = share of images whose argmax LY is among LP's 5 largest."""
+    return float(np.mean(c["agree5"]))
+
+
+def _top1_prob_delta(c: Components) -> float:
+    """top1_prob_delta = mean over images of |softmax(LP)[c] − softmax(LY)[c]|, c = argmax LY."""
+    return float(np.mean(c["prob_delta"]))
+
+
+SEMANTIC_STATISTICS: dict[str, Statistic] = {"top1_agree_original": _top1_agree_original,
+                                             "top5_agree": _top5_agree, "top1_prob_delta": _top1_prob_delta}
+
+
+def score_semantic(LP: torch.Tensor, LY: torch.Tensor, LX: torch.Tensor, *, n_boot: int = 1000,
+                   seed: int = 0) -> dict[str, Score]:
+    """top1_agree_original, top5_agree and top1_prob_delta with intervals."""
+    return score(semantic_components(LP, LY, LX), SEMANTIC_STATISTICS, n_boot=n_boot, seed=seed)
+
+
+# --- the changed region (suites that ask for it: ``scores: [changed_region]``) ------------------
+
+
+def changed_region_components(P: torch.Tensor, Y: torch.Tensor, changed: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per-image components of the map scores restricted to the positions where the manipulated
+    image differs from the original (`changed`, bool N×H×W: FeatMap's masked variant).
+
+    - ``sse``: Σ (P − Y)² over the changed positions and all channels; ``n``: C × their count;
+    - ``cos_median``: the median over the changed positions of cos(P_p, Y_p) (0 where none changed);
+    - ``any``: 1 where at least one position changed.
+    """
+    P, Y, changed = torch.as_tensor(P), torch.as_tensor(Y), torch.as_tensor(changed, dtype=torch.bool)
+    _check_pair(P, Y, 4, "feature maps")
+    n, c, h, w = Y.shape
+    if changed.shape != (n, h, w):
+        raise ValueError(f"changed must be a bool map of shape {(n, h, w)}; got {tuple(changed.shape)}")
+    sse, count, cos = [], [], []
+    for i in range(n):
+        where = changed[i].flatten()
+        p, y = _float64(P[i]).flatten(1)[:, where], _float64(Y[i]).flatten(1)[:, where]
+        sse.append(float(((p - y) ** 2).sum()))
+        count.append(c * int(where.sum()))
+        cos.append(float(_median(_cosine(p[None], y[None], dim=1))[0]) if where.any() else 0.0)
+    return {"sse": np.array(sse), "n": np.array(count, dtype=np.float64), "cos_median": np.array(cos),
+            "any": np.array([x > 0 for x in count], dtype=np.float64)}
+
+
+def _mse_changed(c: Components) -> float:
+    """mse_changed = Σ sse / Σ n over the changed positions of all images."""
+    n = float(np.sum(c["n"]))
+    return float(np.sum(c["sse"])) / n if n > 0 else math.nan
+
+
+def _cos_median_changed(c: Components) -> float:
+    """cos_median_changed = mean over the images with a changed position of their median cosine there."""
+    k = float(np.sum(c["any"]))
+    return float(np.sum(c["cos_median"] * c["any"])) / k if k > 0 else math.nan
+
+
+CHANGED_REGION_STATISTICS: dict[str, Statistic] = {"mse_changed": _mse_changed,
+                                                   "cos_median_changed": _cos_median_changed}
+
+
+def score_changed_region(P: torch.Tensor, Y: torch.Tensor, changed: torch.Tensor, *, n_boot: int = 1000,
+                         seed: int = 0) -> dict[str, Score]:
+    """mse_changed and cos_median_changed with intervals."""
+    return score(changed_region_components(P, Y, changed), CHANGED_REGION_STATISTICS, n_boot=n_boot, seed=seed)
 
 
 # --- embeddings (backbones without a head) ------------------------------------------------------
