@@ -75,7 +75,7 @@ def write_grid(suite, source, bb, records, path: str) -> None:
     for c, col in enumerate(tiles):
         for r in range(n):
             grid[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = col[r]
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path, optimize=True)
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path, quality=85)  # JPEG (by name): small enough for git
     print(f"wrote {path}: columns original, {', '.join(EDITS)}, mask_center_big_blue; rows {[r.image_id for r in records]}")
 
 

@@ -18,7 +18,8 @@ HEADLINE = {
     "map": ("r2", "cos_median", "top1_agree", "emb_cos", "lpips_vs_manipulated"),  # the last: image level
     "invert": ("lpips", "lpips_gap", "ssim", "top1_agree", "feat_cos"),
 }
-LOWER_IS_BETTER = frozenset({"mse", "jsd", "lpips", "lpips_vs_manipulated", "lpips_vs_inverted_target"})
+LOWER_IS_BETTER = frozenset({"mse", "jsd", "lpips", "lpips_vs_manipulated", "lpips_vs_inverted_target", "mse_changed",
+                             "top1_prob_delta"})
 CATEGORY_ORDER = ("geometric", "photometric", "local", "semantic")
 # The map track's run summary: its feature-space headline scores (image-level ones are on the board).
 MAP_SUMMARY = HEADLINE["map"][:4]
