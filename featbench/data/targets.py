@@ -127,6 +127,19 @@ def unit_to_uint8(images: torch.Tensor) -> torch.Tensor:
     return to_uint8(images * 255)
 
 
+def _original_and_manipulated(suite, task, backbone: "Backbone", rows: list[tuple[str, int]], split: str
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original and the manipulated float pixels of a split's `rows`, in their order, made exactly
+    as `featbench.data.storage` builds the task data."""
+    source = suite.image_source()
+    wanted = {i for i, _ in rows}
+    records = [r for r in split_by_name(source.records, suite.n_test)[split] if r.image_id in wanted]
+    decoded = decode_chunk(suite, source, backbone, Chunk(split, 0, tuple(records)))
+    position = {(i, v): k for k, (i, v) in enumerate(zip(decoded.ids, decoded.view_ix))}
+    order = [position[r] for r in rows]
+    return decoded.pixels[order], next(variant_pixels(suite, decoded, [task.manipulation]))[order]
+
+
 def manipulated_images(suite, task, backbone: "Backbone", rows: list[tuple[str, int]], resolution: int,
                        split: str = "test") -> torch.Tensor:
     """The task's manipulated views of a split's `rows` ((image_id, view)) at `resolution`, uint8
@@ -136,13 +149,7 @@ def manipulated_images(suite, task, backbone: "Backbone", rows: list[tuple[str, 
                        "manipulation": task.manipulation.spec(), "rows": rows})
 
     def make() -> torch.Tensor:
-        source = suite.image_source()
-        wanted = {i for i, _ in rows}
-        records = [r for r in split_by_name(source.records, suite.n_test)[split] if r.image_id in wanted]
-        decoded = decode_chunk(suite, source, backbone, Chunk(split, 0, tuple(records)))
-        position = {(i, v): k for k, (i, v) in enumerate(zip(decoded.ids, decoded.view_ix))}
-        pixels = next(variant_pixels(suite, decoded, [task.manipulation]))
-        return to_target(pixels[[position[r] for r in rows]], resolution)
+        return to_target(_original_and_manipulated(suite, task, backbone, rows, split)[1], resolution)
 
     return cached_tensor(cache_dir() / "image_scores" / "manipulated" / f"{key[:40]}.safetensors", key, make)
 
@@ -158,14 +165,8 @@ def changed_cells(suite, task, backbone: "Backbone", rows: list[tuple[str, int]]
                        "manipulation": task.manipulation.spec(), "rows": rows, "grid": list(grid)})
 
     def make() -> torch.Tensor:
-        source = suite.image_source()
-        wanted = {i for i, _ in rows}
-        records = [r for r in split_by_name(source.records, suite.n_test)[split] if r.image_id in wanted]
-        decoded = decode_chunk(suite, source, backbone, Chunk(split, 0, tuple(records)))
-        position = {(i, v): k for k, (i, v) in enumerate(zip(decoded.ids, decoded.view_ix))}
-        pixels = next(variant_pixels(suite, decoded, [task.manipulation]))
-        differs = (to_uint8(pixels) != to_uint8(decoded.pixels)).any(1, keepdim=True).float()
-        cells = torch.nn.functional.adaptive_max_pool2d(differs, grid)[:, 0] > 0
-        return cells[[position[r] for r in rows]]
+        original, manipulated = _original_and_manipulated(suite, task, backbone, rows, split)
+        differs = (to_uint8(manipulated) != to_uint8(original)).any(1, keepdim=True).float()
+        return torch.nn.functional.adaptive_max_pool2d(differs, grid)[:, 0] > 0
 
     return cached_tensor(cache_dir() / "image_scores" / "changed" / f"{key[:40]}.safetensors", key, make)
