@@ -77,6 +77,8 @@ def _cmd_build(args: argparse.Namespace) -> None:
     suite = load_suite(args.suite)
     built, report = build_suite(suite, images=args.images, custom=args.custom, batch_size=args.batch_size,
                                 compile=not args.no_compile, backbones=args.backbone or None)
+    if not report.ranks.is_main:  # under torchrun: rank 0 speaks for all
+        return
     print(report.summary())
     if built.name != suite.name:
         print(f"note: built the custom suite {built.name} (images differ from {suite.name}'s pinned manifest); "
@@ -242,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backbones", help="list the registered backbones: layers, weight sources, weights on this machine")
     p.set_defaults(func=_cmd_backbones)
 
-    p = sub.add_parser("build", help="extract and cache a suite's task data")
+    p = sub.add_parser("build", help="extract and cache a suite's task data (under torchrun, sharded over its processes)")
     p.add_argument("--suite", required=True, help=SUITE_HELP)
     p.add_argument("--images", help="image folder (default: the suite's pinned location)")
     p.add_argument("--custom", action="store_true",

@@ -12,7 +12,9 @@ sha256 of each data file. A dataset whose record or files do not match is never 
 refuses it, building rebuilds it. Builds stream: images are decoded once per chunk, every
 manipulation is derived from the decoded pixels, the variants of a chunk share one stream of
 fixed-size batches, one forward pass serves all layers, and each chunk is written as an Arrow
-shard, so an interrupted build resumes at the first missing shard.
+shard, so an interrupted build resumes at the first missing shard. Processes launched together
+(``torchrun``, see `featbench.core.distributed`) share the chunks out, each writing its own
+shards; rank 0 then assembles them, so the datasets are those of one process.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from tqdm.auto import tqdm
 
 from featbench.zoo.backbones import Backbone, backbone_fingerprint, load_backbone
 from featbench.core.cache import atomic_write
+from featbench.core.distributed import Ranks, launched_ranks
 from featbench.core.errors import DataError
 from featbench.core.hashing import sha256_file, sha256_json
 from featbench.data.images import ImageRecord, ImageSource, seed_for, split_by_name, views
@@ -132,11 +135,13 @@ class BuildReport:
     seconds: float = 0.0
     bytes_on_disk: int = 0
     n_images: int = 0
+    ranks: Ranks = field(default_factory=Ranks)  # the processes that built it; rank 0 has the whole report
 
     def summary(self) -> str:
+        processes = f" in {self.ranks.world_size} processes" if self.ranks.world_size > 1 else ""
         lines = [f"suite {self.suite}: {len(self.built)} datasets built, {len(self.reused)} reused, "
                  f"{len(self.rebuilt_corrupt)} corrupt ones rebuilt; {self.n_images} images; "
-                 f"{self.bytes_on_disk / 2**30:.2f} GiB on disk; {self.seconds:.0f} s"]
+                 f"{self.bytes_on_disk / 2**30:.2f} GiB on disk; {self.seconds:.0f} s{processes}"]
         lines += [f"  rebuilt (was corrupt): {name}" for name in self.rebuilt_corrupt]
         return "\n".join(lines)
 
@@ -324,30 +329,47 @@ def build_suite(suite: Suite, images: str | Path | None = None, custom: bool = F
     builds a custom suite (see `Suite.as_custom`). `compile` uses ``torch.compile`` for the
     forward passes (worth its start-up time on full suites). `models` gives backbones already
     loaded (say, compiled and warmed up by an earlier build), by name, to use instead of loading.
+
+    Under a launcher of several processes (``torchrun``, ``accelerate launch``: see
+    `launched_ranks`), each process extracts every world_size-th chunk of images; rank 0 alone
+    checks what is built and, once every rank has written its shards, assembles the datasets
+    (the same bytes as one process writes). If a rank fails, every rank fails and nothing of that
+    backbone is assembled; the shards written stay, so the next build resumes from them.
     """
     start = time.time()
-    source = suite.image_source(images, custom=custom)
-    if source.manifest_sha256 != suite.images.get("manifest_sha256"):
-        suite = suite.as_custom(source)
-    report = BuildReport(suite.name, n_images=len(source))
-    splits = split_by_name(source.records, suite.n_test)
-    n_rows = {s: len(splits[s]) * suite.views[s] for s in SPLITS}
-    images_per_chunk = max(1, batch_size // max(suite.views.values()))
-    chunks = _chunks(splits, images_per_chunk)
-    for name in backbones or suite.backbones:
-        todo, refs = _plan_backbone(suite, name, report)
-        if todo:
-            bb = (models or {}).get(name) or load_backbone(name, compile=compile)
-            with keep_freed_memory():
-                _build_backbone(suite, source, bb, refs, todo, chunks, n_rows, batch_size, progress, report)
+    with launched_ranks() as ranks:
+        source = suite.image_source(images, custom=custom)
+        if source.manifest_sha256 != suite.images.get("manifest_sha256"):
+            suite = suite.as_custom(source)
+        report = BuildReport(suite.name, n_images=len(source), ranks=ranks)
+        splits = split_by_name(source.records, suite.n_test)
+        n_rows = {s: len(splits[s]) * suite.views[s] for s in SPLITS}
+        images_per_chunk = max(1, batch_size // max(suite.views.values()))
+        chunks = _chunks(splits, images_per_chunk)
+        for name in backbones or suite.backbones:
+            refs = {layer: variant_refs(suite, name, layer) for layer in suite.backbones[name]}
+            todo = ranks.from_main(lambda: _plan_backbone(name, refs, report), f"checking {name}'s datasets")
+            if not todo:
+                continue
+            with ranks.together(f"extracting {name}", after=f"Nothing of {name} was assembled; the shards "
+                                "written are kept, and building again resumes from them"):
+                bb = (models or {}).get(name) or load_backbone(name, compile=compile)
+                with keep_freed_memory():
+                    _build_backbone(suite, source, bb, refs, todo, ranks.share(chunks), batch_size,
+                                    progress and ranks.is_main)
+            with ranks.together(f"assembling {name}'s datasets"):
+                if ranks.is_main:
+                    for variant, variant_layers in todo.items():
+                        for layer in variant_layers:
+                            report.bytes_on_disk += _finalize(refs[layer][variant], chunks, n_rows)
+                            report.built.append(f"{name}/{layer}/{variant}")
     report.seconds = time.time() - start
     return suite, report
 
 
-def _plan_backbone(suite: Suite, backbone_name: str,
-                   report: BuildReport) -> tuple[dict[str, list[str]], dict[str, dict[str, VariantRef]]]:
-    """What is left to build of one backbone: {variant: layers}, and the refs of all its datasets."""
-    refs = {layer: variant_refs(suite, backbone_name, layer) for layer in suite.backbones[backbone_name]}
+def _plan_backbone(backbone_name: str, refs: dict[str, dict[str, VariantRef]],
+                   report: BuildReport) -> dict[str, list[str]]:
+    """What is left to build of one backbone's datasets `refs` ({layer: {variant: ref}}): {variant: layers}."""
     todo: dict[str, list[str]] = {}
     for layer, by_variant in refs.items():
         for variant, ref in by_variant.items():
@@ -360,7 +382,7 @@ def _plan_backbone(suite: Suite, backbone_name: str,
                 report.rebuilt_corrupt.append(label)
                 shutil.rmtree(ref.path)
             todo.setdefault(variant, []).append(layer)
-    return todo, refs
+    return todo
 
 
 @dataclass
@@ -429,8 +451,8 @@ def variant_pixels(suite: Suite, rows: Decoded, manipulations: list[Manipulation
 
 
 def _build_backbone(suite: Suite, source: ImageSource, bb: Backbone, refs: dict[str, dict[str, VariantRef]],
-                    todo: dict[str, list[str]], chunks: list[Chunk], n_rows: dict[str, int], batch_size: int,
-                    progress: bool, report: BuildReport) -> None:
+                    todo: dict[str, list[str]], chunks: list[Chunk], batch_size: int, progress: bool) -> None:
+    """Write the shards of `chunks` that `todo` ({variant: layers}) lacks."""
     manipulations = {variant_name(m): m for m in suite.variants()}
     schemas = {}
     for layer in refs:
@@ -458,10 +480,6 @@ def _build_backbone(suite: Suite, source: ImageSource, bb: Backbone, refs: dict[
                              rows.labels, maps[i * n:(i + 1) * n],
                              None if prefixes is None else prefixes[i * n:(i + 1) * n])
     bar.close()
-    for variant, variant_layers in todo.items():
-        for layer in variant_layers:
-            report.bytes_on_disk += _finalize(refs[layer][variant], chunks, n_rows)
-            report.built.append(f"{bb.name}/{layer}/{variant}")
 
 
 # ----------------------------------------------------------------------------------------------
