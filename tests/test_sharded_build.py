@@ -114,7 +114,7 @@ def test_a_failing_rank_fails_the_build_unassembled_and_the_next_build_resumes(s
     assert [p.returncode for p in failed] != [0, 0]
     assert "rank 1 stops here" in failed[1].stderr
     assert failed[0].returncode == 2, failed[0].stderr
-    assert ("featbench: error: rank 1 of 2 failed extracting tiny_random_cnn_for_tests: RuntimeError: rank 1 "
+    assert ("featbench: error: rank 1 of 2 failed while extracting tiny_random_cnn_for_tests: RuntimeError: rank 1 "
             "stops here") in failed[0].stderr
     assert "Nothing of tiny_random_cnn_for_tests was assembled" in failed[0].stderr
     assert not list((cache / "datasets").rglob("featbench.json"))  # nothing assembled, of either backbone

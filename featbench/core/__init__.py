@@ -1,5 +1,6 @@
 """Stage 0, what every stage uses: errors, paths, hashing, atomic writes and small caches
-(`cache`), the registry type and the model resolver (`plugins`), and result files (`results`)."""
+(`cache`), the registry type and the model resolver (`plugins`), result files (`results`),
+processes launched together (`distributed`) and background iteration (`prefetch`)."""
 
 from featbench.core.cache import atomic_write, cached_json, cached_tensor, write_bytes, write_json
 from featbench.core.errors import AssetError, DataError, FeatbenchError, UnknownNameError

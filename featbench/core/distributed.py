@@ -46,11 +46,18 @@ class Ranks:
         """This rank's share of `items`: every world_size-th one, from its rank on."""
         return list(items[self.rank::self.world_size])
 
-    def _gather(self, obj: object) -> list:
+    def _lost(self, what: str, exc: Exception) -> RankFailedError:
+        return RankFailedError(f"lost contact with another of the {self.world_size} ranks while {what} (killed, or "
+                               f"its machine lost?): {exc}")
+
+    def _gather(self, obj: object, what: str) -> list:
         if self.world_size == 1:
             return [obj]
         out: list = [None] * self.world_size
-        dist.all_gather_object(out, obj)
+        try:
+            dist.all_gather_object(out, obj)
+        except RuntimeError as exc:  # gloo, when a peer's connection closes
+            raise self._lost(what, exc) from exc
         return out
 
     @contextlib.contextmanager
@@ -64,12 +71,17 @@ class Ranks:
             yield
         except BaseException as exc:
             with contextlib.suppress(Exception):  # the others must hear of it; our own error comes first
-                self._gather(f"{type(exc).__name__}: {exc}")
+                self._gather(f"{type(exc).__name__}: {exc}", what)
             raise
-        failures = [(r, msg) for r, msg in enumerate(self._gather(None)) if msg is not None]
+        tail = f". {after}" if after else ""
+        try:
+            outcomes = self._gather(None, what)
+        except RankFailedError as exc:
+            raise RankFailedError(f"{exc}{tail}") from exc.__cause__
+        failures = [f"rank {r} of {self.world_size} failed while {what}: {msg}"
+                    for r, msg in enumerate(outcomes) if msg is not None]
         if failures:
-            said = "; ".join(f"rank {r} of {self.world_size} failed {what}: {msg}" for r, msg in failures)
-            raise RankFailedError(f"{said}{'. ' + after if after else ''}")
+            raise RankFailedError("; ".join(failures) + tail)
 
     def from_main(self, fn: Callable[[], T], what: str) -> T:
         """`fn()` run on rank 0 alone, its result (or its failure) passed to every rank."""
@@ -83,10 +95,13 @@ class Ranks:
                 with contextlib.suppress(Exception):  # as in `together`
                     dist.broadcast_object_list([(None, f"{type(exc).__name__}: {exc}")], src=0)
                 raise
-        dist.broadcast_object_list(box, src=0)
+        try:
+            dist.broadcast_object_list(box, src=0)
+        except RuntimeError as exc:
+            raise self._lost(what, exc) from exc
         result, failure = box[0]
         if failure is not None:
-            raise RankFailedError(f"rank 0 of {self.world_size} failed {what}: {failure}")
+            raise RankFailedError(f"rank 0 of {self.world_size} failed while {what}: {failure}")
         return result
 
 
