@@ -352,18 +352,18 @@ def build_suite(suite: Suite, images: str | Path | None = None, custom: bool = F
             todo = ranks.from_main(lambda: _plan_backbone(name, refs, report), f"checking {name}'s datasets")
             if not todo:
                 continue
-            with ranks.together(f"extracting {name}", after=f"Nothing of {name} was assembled; the shards "
-                                "written are kept, and building again resumes from them"):
-                bb = (models or {}).get(name) or load_backbone(name, compile=compile)
-                with keep_freed_memory():
+            with keep_freed_memory():
+                with ranks.together(f"extracting {name}", after=f"Nothing of {name} was assembled; the shards "
+                                    "written are kept, and building again resumes from them"):
+                    bb = (models or {}).get(name) or load_backbone(name, compile=compile)
                     _build_backbone(suite, source, bb, refs, todo, ranks.share(chunks), batch_size,
                                     progress and ranks.is_main)
-            with ranks.together(f"assembling {name}'s datasets"):
-                if ranks.is_main:
-                    for variant, variant_layers in todo.items():
-                        for layer in variant_layers:
-                            report.bytes_on_disk += _finalize(refs[layer][variant], chunks, n_rows)
-                            report.built.append(f"{name}/{layer}/{variant}")
+                with ranks.together(f"assembling {name}'s datasets"):
+                    if ranks.is_main:
+                        for variant, variant_layers in todo.items():
+                            for layer in variant_layers:
+                                report.bytes_on_disk += _finalize(refs[layer][variant], chunks, n_rows)
+                                report.built.append(f"{name}/{layer}/{variant}")
     report.seconds = time.time() - start
     return suite, report
 
