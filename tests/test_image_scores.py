@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from featbench.interfaces.checkpoints import CheckpointError, read_record
 from featbench.scoring.map_track import evaluate_map_task, run_map_track
 from featbench.scoring.isolation import Isolation
 NO_ISOLATION = Isolation("none")  # these tests are about image scores, in-process
-from featbench.scoring.runner import Models, RunConfig
+from featbench.scoring.runner import Models, RunConfig, noted
 from featbench.scoring.invert_track import train_inverter
 from featbench.core.plugins import resolve_model
 from featbench.core.paths import cache_dir
@@ -152,7 +154,9 @@ def test_manipulated_images_are_the_manipulation_of_the_test_view(suites, in_cac
     suite, _ = suites
     task = suite.get_task(f"{PINNED}/rot90")
     data = fb.load_task(suite, task)
-    scorer = image_scores.for_task(suite, task, data, Models(), CFG)
+    notes = []
+    scorer = image_scores.for_task(suite, task, data, Models(), CFG, notes)
+    assert notes == [scorer.note]
     assert scorer.rows == image_scores.subset(len(data.test), 2, suite.seed) == [0, 1]
     originals, manipulated = scorer.originals(), scorer.manipulated
     assert manipulated.dtype == torch.uint8 and manipulated.shape == (2, 3, 32, 32)
@@ -161,20 +165,61 @@ def test_manipulated_images_are_the_manipulation_of_the_test_view(suites, in_cac
     assert (manipulated.float() - torch.rot90(originals, 1, (-2, -1)).float()).abs().max() <= 1
 
 
-def test_missing_checkpoint_names_the_command_that_trains_it(suites, in_cache, tmp_path, capsys):
+def test_missing_checkpoint_scores_at_map_level_with_a_note_unless_required(suites, in_cache, tmp_path, capsys):
     from featbench.cli import main
 
     suite, sha = suites
     other = _with_pins(suite, "vit-pinned", [{"backbone": TINY_VIT, "layer": "blocks.1", "inverter": PRESET,
                                               "checkpoint_sha256": sha, "n_images": 2}])
+    task = f"map/{TINY_VIT}/blocks.1/noise40"
     want = (f"featbench train-inverter --suite {other.path} --backbone {TINY_VIT} --layer blocks.1 "
             f"--preset {PRESET}")
+    with pytest.warns(UserWarning, match=f"image scores unavailable for {TINY_VIT}/blocks.1"):
+        rec = evaluate_map_task(resolve_model("identity"), other, other.get_task(task), CFG)
+    assert rec["status"] == "ok", rec.get("reason")
+    assert {"r2", "emb_cos"} <= set(rec["metrics"]) and not set(image_scores.METRICS) & set(rec["metrics"])
+    assert not set(image_scores.METRICS) & set(rec["reference_points"]["identity"])
+    (why,) = noted(rec, image_scores.UNAVAILABLE)  # which pin, the command, and that a new one will not match it
+    assert sha in why and want in why and "sha256 will differ" in why and "map level only" in why
+    # Asked for explicitly, it is an error naming the command.
     with pytest.raises(image_scores.MissingCheckpointError) as err:
-        evaluate_map_task(resolve_model("identity"), other, other.get_task(f"map/{TINY_VIT}/blocks.1/noise40"), CFG)
+        evaluate_map_task(resolve_model("identity"), other, other.get_task(task), replace(CFG, require_image_scores=True))
     assert want in str(err.value)
-    assert main(["run", "--suite", str(other.path), "--tasks", f"map/{TINY_VIT}/blocks.1/noise40", "--model",
-                 "identity", "--out", str(tmp_path / "id.json"), "--n-boot", "5"]) == 2
+    base = ["run", "--suite", str(other.path), "--tasks", task, "--model", "identity", "--n-boot", "5",
+            "--no-isolation"]
+    assert main(base + ["--out", str(tmp_path / "req.json"), "--require-image-scores"]) == 2
     assert want in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="image scores unavailable"):
+        assert main(base + ["--out", str(tmp_path / "id.json")]) == 0
+    result = json.loads((tmp_path / "id.json").read_text())
+    validate_result(result)
+    assert noted(result["tasks"][0], image_scores.UNAVAILABLE) == [why]
+
+
+def test_a_map_level_record_is_kept_while_the_checkpoint_is_wanting(suites, in_cache, tmp_path):
+    suite, sha = suites
+    wrong = _with_pins(suite, "wrong-pin", [{"backbone": TINY_CNN, "layer": "blocks.3", "inverter": PRESET,
+                                             "checkpoint_sha256": "0" * 64, "n_images": 2}])
+    out, tasks = tmp_path / "id.json", wrong.select(f"{PINNED}/noise40")
+    with pytest.warns(UserWarning, match="is not the one suite tiny-test pins"):
+        first = run_map_track(resolve_model("identity"), wrong, tasks, out, CFG, progress=False)
+    (rec,) = first["tasks"]
+    assert rec["status"] == "ok" and noted(rec, image_scores.UNAVAILABLE)
+    second = run_map_track(resolve_model("identity"), wrong, tasks, out, CFG, progress=False)
+    assert second["tasks"] == first["tasks"]  # resumed: kept, not scored again
+    # Where the pinned checkpoint is at hand (the suite that pins the trained one), it is scored again.
+    assert not image_scores.record_is_current(suite, tasks[0], rec)
+
+
+def test_featbench_v1_records_stay_current_without_its_lost_decoders(private_cache):
+    """featbench-v1 pins decoders that no cache here holds: its committed results, which have
+    their image-level scores, are kept as they are by a resumed run."""
+    v1 = fb.load_suite("featbench-v1")
+    assert not any(image_scores.available(v1, pin) for pin in image_scores.pins(v1).values())
+    root = Path(__file__).resolve().parents[1] / "leaderboard" / "featbench-v1" / "results"
+    result = json.loads((root / "linear.json").read_text())
+    last = [t for t in result["tasks"] if (t["backbone"], t["layer"]) in image_scores.pins(v1)]
+    assert len(last) == 24 and all(image_scores.record_is_current(v1, v1.get_task(t["task_id"]), t) for t in last)
 
 
 def test_other_or_tampered_checkpoint_is_refused(suites, in_cache):
@@ -183,7 +228,8 @@ def test_other_or_tampered_checkpoint_is_refused(suites, in_cache):
     wrong = _with_pins(suite, "wrong-pin", [{"backbone": TINY_CNN, "layer": "blocks.3", "inverter": PRESET,
                                              "checkpoint_sha256": "0" * 64, "n_images": 2}])
     with pytest.raises(CheckpointError, match="is not the one suite tiny-test pins.*train-inverter"):
-        evaluate_map_task(resolve_model("identity"), wrong, wrong.get_task(task.id), CFG)
+        evaluate_map_task(resolve_model("identity"), wrong, wrong.get_task(task.id),
+                          replace(CFG, require_image_scores=True))
     directory = cache_dir() / "inverters" / suite.name / TINY_CNN / "blocks.3" / "decoder"
     path = directory / read_record(directory)["latest"]["file"]
     raw = path.read_bytes()
@@ -192,7 +238,7 @@ def test_other_or_tampered_checkpoint_is_refused(suites, in_cache):
         flipped[-1] ^= 0xFF
         path.write_bytes(bytes(flipped))
         with pytest.raises(CheckpointError, match="does not match its recorded sha256"):
-            evaluate_map_task(resolve_model("identity"), suite, task, CFG)
+            evaluate_map_task(resolve_model("identity"), suite, task, CFG)  # an error even when not required
     finally:
         path.write_bytes(raw)
 
