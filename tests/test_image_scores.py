@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,6 +71,21 @@ def suites(tmp_path_factory):
 @pytest.fixture
 def in_cache(suites, monkeypatch):
     monkeypatch.setenv("FEATBENCH_CACHE", str(Path(suites[0].path).parent / "cache"))
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """fresh_cache(name): switch to an empty FEATBENCH_CACHE (with the converted LPIPS weights linked in)."""
+    lpips_assets = list((Path(os.environ["FEATBENCH_CACHE"]) / "assets").glob("lpips_*.safetensors"))
+
+    def switch(name: str) -> Path:
+        monkeypatch.setenv("FEATBENCH_CACHE", str(tmp_path / name))
+        (tmp_path / name / "assets").mkdir(parents=True)
+        for f in lpips_assets:
+            os.symlink(f, tmp_path / name / "assets" / f.name)
+        return tmp_path / name
+
+    return switch
 
 
 class Oracle(fb.Mapper):
@@ -289,23 +305,16 @@ def test_readme_pins_parse_for_featbench_v1():
         image_scores.pins(suite)
 
 
-def test_published_folder_carries_the_pinned_checkpoint(suites, in_cache, tmp_path, monkeypatch):
+def test_published_folder_carries_the_pinned_checkpoint(suites, in_cache, tmp_path, fresh_cache):
     import json
 
     from featbench.board.publish import install_published, stage
 
     suite, sha = suites
-    lpips_assets = list((cache_dir() / "assets").glob("lpips_*.safetensors"))
     stage(suite, tmp_path / "pub", leaderboard_root=tmp_path / "no-leaderboard")
     published = tmp_path / "pub" / "inverters" / TINY_CNN / "blocks.3" / "decoder"
     assert json.loads((published / "checkpoint.json").read_text())["latest"]["sha256"] == sha
     assert len(list(published.glob("*.safetensors"))) == 1  # the pinned file only
-
-    def fresh_cache(name: str) -> None:
-        monkeypatch.setenv("FEATBENCH_CACHE", str(tmp_path / name))
-        (tmp_path / name / "assets").mkdir(parents=True)
-        for f in lpips_assets:
-            os.symlink(f, tmp_path / name / "assets" / f.name)
 
     fresh_cache("fresh")
     assert f"inverter {TINY_CNN}/blocks.3/decoder" in install_published(tmp_path / "pub", suite)
@@ -335,3 +344,75 @@ def test_vit_layer_with_class_token_prefix(suites, in_cache):
     assert rec["status"] == "ok", rec.get("reason")
     _assert_image_scores(rec["metrics"])
     _assert_image_scores(rec["reference_points"]["spatial"])
+
+
+# -- checkpoints shipped with the suite ------------------------------------------------------------
+
+
+@pytest.fixture
+def shipping(suites, in_cache, capsys):
+    """(suite file that ships its checkpoint, its entry): `train-inverter --export` of the trained
+    decoder, pinned by the entry it prints."""
+    from featbench.cli import main
+
+    suite, _ = suites
+    assert main(["train-inverter", "--suite", str(suite.path), "--backbone", TINY_CNN, "--layer", "blocks.3",
+                 "--preset", PRESET, "--export"]) == 0
+    printed = capsys.readouterr().out
+    (entry,) = yaml.safe_load(printed[printed.index("\n  - ") + 1:])
+    return _with_pins(suite, "shipping", [entry]), entry
+
+
+def test_export_writes_a_small_folder_that_hashes_to_its_entry(suites, shipping):
+    from featbench.core.hashing import sha256_file
+
+    suite, entry = shipping
+    folder = Path(suite.path).parent / "checkpoints" / "tiny-test" / TINY_CNN / "blocks.3" / "decoder"
+    assert entry == {"backbone": TINY_CNN, "layer": "blocks.3", "inverter": PRESET,
+                     "checkpoint_sha256": entry["checkpoint_sha256"], "n_images": 2,
+                     "checkpoint": f"checkpoints/tiny-test/{TINY_CNN}/blocks.3/decoder"}
+    (shipped,) = folder.glob("*.safetensors")
+    assert sha256_file(shipped) == entry["checkpoint_sha256"] == read_record(folder)["latest"]["sha256"]
+    trained = cache_dir() / "inverters" / "tiny-test" / TINY_CNN / "blocks.3" / "decoder"
+    full = trained / read_record(trained)["latest"]["file"]
+    assert shipped.stat().st_size < full.stat().st_size / 4  # weights only (no Adam moments), float16
+    assert image_scores.pins(suite)[(TINY_CNN, "blocks.3")].shipped == folder
+
+
+def test_a_suite_shipping_its_checkpoint_scores_on_a_fresh_cache(suites, shipping, fresh_cache, recwarn):
+    suite, entry = shipping
+    sha, (original, original_sha) = entry["checkpoint_sha256"], suites
+    trained = cache_dir() / "inverters" / "tiny-test" / TINY_CNN / "blocks.3" / "decoder"
+    fresh = fresh_cache("fresh")
+    fb.build_suite(suite, batch_size=8, progress=False)
+    task = suite.get_task(f"{PINNED}/noise40")
+    rec = evaluate_map_task(resolve_model("identity"), suite, task, CFG)
+    assert rec["status"] == "ok", rec.get("reason")
+    _assert_image_scores(rec["metrics"])
+    assert any(f"sha256 {sha[:12]}" in n for n in rec["notes"]) and not recwarn.list
+    installed = fresh / "inverters" / "tiny-test" / TINY_CNN / "blocks.3" / "decoder"
+    assert read_record(installed)["latest"]["sha256"] == sha
+    # A weights-only checkpoint loads as it is and is never trained further.
+    with pytest.raises(CheckpointError, match="holds weights only.*--restart"):
+        train_inverter(suite, TINY_CNN, "blocks.3", PRESET, max_steps=4, progress=False)
+    # Another checkpoint in the way (here, the training it was exported from) is moved aside, not lost.
+    installed.rename(fresh / "installed")
+    shutil.copytree(trained, installed)
+    with pytest.warns(UserWarning, match="held another checkpoint.*moved it to"):
+        again = evaluate_map_task(resolve_model("identity"), suite, task, CFG)
+    assert again["metrics"] == rec["metrics"]
+    aside = installed.with_name(f"decoder.replaced-{original_sha[:12]}")
+    assert read_record(aside)["latest"]["sha256"] == original_sha
+    assert read_record(installed)["latest"]["sha256"] == sha
+
+
+def test_a_tampered_shipped_checkpoint_is_refused(suites, shipping, fresh_cache):
+    suite, entry = shipping
+    folder = Path(suite.path).parent / entry["checkpoint"]
+    (shipped,) = folder.glob("*.safetensors")
+    shipped.write_bytes(shipped.read_bytes()[:-1] + b"!")
+    fresh = fresh_cache("fresh")
+    fb.build_suite(suite, batch_size=8, progress=False)
+    with pytest.raises(CheckpointError, match="ships its .* checkpoint of .*blocks.3 in .*does not hash to its pin"):
+        evaluate_map_task(resolve_model("identity"), suite, suite.get_task(f"{PINNED}/noise40"), CFG)
+    assert not (fresh / "inverters").exists()  # nothing installed
