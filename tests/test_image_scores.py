@@ -381,7 +381,7 @@ def test_export_writes_a_small_folder_that_hashes_to_its_entry(suites, shipping)
 
 def test_a_suite_shipping_its_checkpoint_scores_on_a_fresh_cache(suites, shipping, fresh_cache, recwarn):
     suite, entry = shipping
-    sha, (original, original_sha) = entry["checkpoint_sha256"], suites
+    sha, original_sha = entry["checkpoint_sha256"], suites[1]
     trained = cache_dir() / "inverters" / "tiny-test" / TINY_CNN / "blocks.3" / "decoder"
     fresh = fresh_cache("fresh")
     fb.build_suite(suite, batch_size=8, progress=False)
