@@ -158,8 +158,9 @@ def export_checkpoint(directory: str | Path, out: str | Path, *, dtype: torch.dt
 
 
 def install_checkpoint(source: str | Path, directory: str | Path, sha256: str) -> bool:
-    """Copy the checkpoint folder `source` (as `export_checkpoint` writes it) into `directory`,
-    where its file must hash to `sha256`. Returns False when `directory` holds it already.
+    """Copy the latest checkpoint of the folder `source` (as `export_checkpoint` writes it, or any
+    checkpoint folder) into `directory`, where its file must hash to `sha256`: that file and a
+    record naming it alone. Returns False when `directory` holds it already.
 
     A source that is incomplete or does not hash to `sha256` is refused with `CheckpointError`
     (nothing is installed). Another checkpoint in `directory` is never overwritten: it is moved
@@ -206,7 +207,8 @@ def install_checkpoint(source: str | Path, directory: str | Path, sha256: str) -
         check(tmp)  # what is installed is what was checked
 
     atomic_write(directory / latest["file"], copy)
-    write_json(directory / RECORD, record, indent=1, sort_keys=True)
+    history = [{k: latest[k] for k in ("file", "sha256", "step")}]
+    write_json(directory / RECORD, record | {"history": history}, indent=1, sort_keys=True)
     return True
 
 
