@@ -23,8 +23,9 @@ fresh clone scores in image space. Where the suite ships none and the cache lack
 differently), the task is scored at map level only, with a note (``image scores unavailable: ...``)
 and a warning naming the pin and the command that trains a new one; with
 ``RunConfig.require_image_scores`` (``featbench run --require-image-scores``) it is an error
-(`MissingCheckpointError`) instead. Then, on a fixed subset of ``n_images`` test rows (drawn once from the suite seed, the same for every
-task, model and run), inverts the prediction P and the target maps Y and scores
+(`MissingCheckpointError`) instead. Then, on a fixed subset of ``n_images`` test rows (drawn
+once from the suite seed, the same for every task, model and run), the evaluator inverts the
+prediction P and the target maps Y and scores
 
 - ``lpips_vs_manipulated``: LPIPS v0.1 (AlexNet) between invert(P) and the manipulated image;
 - ``lpips_vs_inverted_target``: LPIPS between invert(P) and invert(Y);
@@ -46,11 +47,10 @@ prediction (identity and spatial reference points cost one inversion per task).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import os
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -162,8 +162,8 @@ def load_inverter(suite, backbone: str, layer: str, preset: str, checkpoint_sha2
     """(inverter, resolution, checkpoint sha256): `preset` loaded from its trained checkpoint of
     (suite, backbone, layer), never trained further. With `checkpoint_sha256`, the checkpoint must
     be that one; `shipped` (a folder the suite ships it in) is installed into the cache first. A
-    missing or different checkpoint raises `MissingCheckpointError`, a damaged or tampered one
-    `CheckpointError`, each naming the command that trains one."""
+    missing or different checkpoint raises `MissingCheckpointError` naming the command that
+    trains one; a damaged or tampered one (shipped or cached), `CheckpointError`."""
     cmd = train_command(suite, backbone, layer, preset, seed)
     inverter = resolve_inverter(preset)()
     if not hasattr(inverter, "train"):
