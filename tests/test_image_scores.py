@@ -363,7 +363,8 @@ def shipping(suites, in_cache, capsys):
     return _with_pins(suite, "shipping", [entry]), entry
 
 
-def test_export_writes_a_small_folder_that_hashes_to_its_entry(suites, shipping):
+def test_export_writes_a_small_folder_that_hashes_to_its_entry(suites, shipping, capsys):
+    from featbench.cli import main
     from featbench.core.hashing import sha256_file
 
     suite, entry = shipping
@@ -377,6 +378,10 @@ def test_export_writes_a_small_folder_that_hashes_to_its_entry(suites, shipping)
     full = trained / read_record(trained)["latest"]["file"]
     assert shipped.stat().st_size < full.stat().st_size / 4  # weights only (no Adam moments), float16
     assert image_scores.pins(suite)[(TINY_CNN, "blocks.3")].shipped == folder
+    # An unfinished training is not exported.
+    assert main(["train-inverter", "--suite", str(suite.path), "--backbone", TINY_CNN, "--layer", "blocks.3",
+                 "--preset", PRESET, "--max-steps", "4", "--max-minutes", "0", "--export"]) == 2
+    assert "not exported: the training stopped at step 2 of 4" in capsys.readouterr().err
 
 
 def test_a_suite_shipping_its_checkpoint_scores_on_a_fresh_cache(suites, shipping, fresh_cache, recwarn):

@@ -40,7 +40,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from featbench.core.cache import atomic_write, write_json
+from featbench.core.cache import atomic_write, save_tensors, write_json
 from featbench.core.errors import FeatbenchError
 from featbench.core.hashing import sha256_file, sha256_json
 from featbench.data.images import seed_for
@@ -124,30 +124,27 @@ def load_checkpoint(directory: str | Path, identity: dict[str, Any] | None = Non
 # --- checkpoints that travel ------------------------------------------------------------------
 
 
-def export_checkpoint(directory: str | Path, out: str | Path, *, dtype: torch.dtype | None = torch.float16,
-                      weights_only: bool = True) -> str:
+def export_checkpoint(directory: str | Path, out: str | Path, *, dtype: torch.dtype | None = torch.float16) -> str:
     """Write the latest checkpoint of `directory` into the folder `out`, to ship: one safetensors
-    file (by default the module's tensors alone, floating ones cast to `dtype`; None keeps them)
-    and a record naming it alone, with the same identity. Returns the file's sha256 (its pin)."""
+    file of the module's tensors alone (no optimizer state), floating ones cast to `dtype` (None
+    keeps them), and a record naming it alone, with the same identity. Returns the file's sha256
+    (its pin)."""
     directory, out = Path(directory), Path(out)
     loaded = load_checkpoint(directory)
     if loaded is None:
         raise CheckpointError(f"{directory} holds no checkpoint to export; train one first")
     tensors, state, step = loaded
     record = read_record(directory)
-    if weights_only:
-        tensors = {k: v for k, v in tensors.items() if k.startswith(MODULE)}
-        state = {k: v for k, v in state.items() if k != "optimizer"}
-    if dtype is not None:
-        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    tensors = {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
+               for k, v in tensors.items() if k.startswith(MODULE)}
+    state = {k: v for k, v in state.items() if k != "optimizer"}
     name = f"step-{step:08d}.safetensors"
-    atomic_write(out / name, lambda tmp: save_file(tensors, tmp, metadata={"step": str(step)}))
+    save_tensors(out / name, tensors, metadata={"step": str(step)})
     for stale in out.glob("step-*.safetensors"):  # an earlier export into the same folder
         if stale.name != name:
             stale.unlink()
     sha = sha256_file(out / name)
-    exported = {"from_sha256": record["latest"]["sha256"], "dtype": None if dtype is None else str(dtype),
-                "weights_only": weights_only}
+    exported = {"from_sha256": record["latest"]["sha256"], "dtype": None if dtype is None else str(dtype)}
     entry = {"file": name, "sha256": sha, "step": step, "state": state | {"exported": exported},
              "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_json(out / RECORD, {"format": FORMAT, "identity": record["identity"],
