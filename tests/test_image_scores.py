@@ -421,3 +421,19 @@ def test_a_tampered_shipped_checkpoint_is_refused(suites, shipping, fresh_cache)
     with pytest.raises(CheckpointError, match="ships its .* checkpoint of .*blocks.3 in .*does not hash to its pin"):
         evaluate_map_task(resolve_model("identity"), suite, suite.get_task(f"{PINNED}/noise40"), CFG)
     assert not (fresh / "inverters").exists()  # nothing installed
+
+
+def test_submit_check_leaves_out_image_scores_whose_checkpoint_is_not_here(suites, in_cache, tmp_path, fresh_cache):
+    from featbench.board.submit_check import submit_check
+
+    suite, sha = suites
+    out = tmp_path / "identity.json"
+    run_map_track(resolve_model("identity"), suite, suite.select(f"{PINNED}/noise40"), out, CFG, progress=False)
+    fresh_cache("elsewhere")  # a maintainer's machine with the data and without the pinned checkpoint
+    fb.build_suite(suite, batch_size=8, progress=False)
+    with pytest.warns(UserWarning, match="image scores unavailable"):
+        report = submit_check(out, suite=suite, sample=1, isolation=NO_ISOLATION)
+    assert report.ok and report.checked == [f"{PINNED}/noise40"]
+    (why,) = report.not_compared
+    assert why.startswith(f"{PINNED}/noise40 image-level scores: ") and sha in why
+    assert "NOT COMPARED" in report.summary()
