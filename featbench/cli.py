@@ -109,7 +109,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         out = args.out or result_path(args.out_dir, spec, suite.name)
         results.append(evaluate(spec, suite, args.tasks, track=args.track, out=out, seed=args.seed,
                                 n_boot=args.n_boot, time_budget_s=args.time_budget, isolation=isolation,
-                                executor=executor))
+                                executor=executor, require_image_scores=args.require_image_scores))
         print(f"wrote {out}")
     print((invert_summary_table if invert else map_summary_table)(results))
 
@@ -119,16 +119,28 @@ _INVERT_MODELS = ["decoder", "featinv-tiny"]
 
 def _cmd_train_inverter(args: argparse.Namespace) -> None:
     import torch
+    import yaml
 
+    from featbench.scoring.image_scores import export_pinned
     from featbench.scoring.invert_track import train_inverter
     from featbench.data.suites import load_suite
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = train_inverter(load_suite(args.suite), args.backbone, args.layer, args.preset, seed=args.seed,
+    suite = load_suite(args.suite)
+    report = train_inverter(suite, args.backbone, args.layer, args.preset, seed=args.seed,
                             max_steps=args.max_steps, max_minutes=args.max_minutes, restart=args.restart)
     print(f"{args.preset} on {args.suite} {args.backbone}/{args.layer}: {report.summary()}")
-    if report.weights_sha256:
+    if args.export is not None:
+        if not report.finished:
+            raise FeatbenchError(f"not exported: the training stopped at step {report.step} of {report.max_steps}; "
+                                 "run the same command again to finish it")
+        entry = export_pinned(suite, args.backbone, args.layer, args.preset, args.export or None, seed=args.seed,
+                              dtype=getattr(torch, args.export_dtype))
+        print(f"exported to {entry['checkpoint']} (beside {suite.path}); pin it in the suite file's "
+              f"invert.image_scores (n_images: test images scored in image space):\n"
+              f"  - {yaml.safe_dump(entry, default_flow_style=True, sort_keys=False, width=10**6).strip()}")
+    elif report.weights_sha256:
         print(f"checkpoint sha256 (to pin in the suite's invert.image_scores): {report.weights_sha256}")
 
 
@@ -286,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-task", type=int, help="ray: CPUs (and torch threads) per fit (default: this "
                                                      "process's torch threads)")
     p.add_argument("--gpus-per-task", type=float, default=0, help="ray: GPUs per fit (default 0)")
+    p.add_argument("--require-image-scores", action="store_true",
+                   help="fail where the suite pins an image-score inverter checkpoint that is not at hand (by "
+                        "default those tasks are scored at map level, with a note saying why)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("train-inverter", help="train an inverter preset on one backbone and layer, with "
@@ -299,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="as `run --seed`: a run resumes only its own seed's training")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--restart", action="store_true", help="delete this preset's checkpoints first")
+    p.add_argument("--export", nargs="?", const="", metavar="DIR",
+                   help="then write the checkpoint to ship with the suite into DIR (default: checkpoints/<suite>/"
+                        "<backbone>/<layer>/<preset> beside the suite file) and print its invert.image_scores entry")
+    p.add_argument("--export-dtype", choices=["float16", "float32"], default="float16",
+                   help="the exported weights' dtype (default float16; the optimizer state is never exported)")
     p.set_defaults(func=_cmd_train_inverter)
 
     p = sub.add_parser("show", help="write a PNG grid: original, manipulated, inverted target and each model's "

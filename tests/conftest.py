@@ -80,3 +80,15 @@ def make_tiny_suite(root: Path, n_images: int = 6, **overrides) -> fb.Suite:
     path = root / "tiny-test.yaml"
     path.write_text(yaml.safe_dump(spec))
     return fb.load_suite(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_suite(tmp_path_factory):
+    """The tiny suite over 8 made-up images, built in a cache of its own; FEATBENCH_CACHE points
+    there for the module's tests."""
+    root = tmp_path_factory.mktemp("tiny_suite")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEATBENCH_CACHE", str(root / "cache"))
+        suite = make_tiny_suite(root, n_images=8)
+        fb.build_suite(suite, batch_size=8, progress=False)
+        yield suite

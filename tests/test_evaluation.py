@@ -21,23 +21,13 @@ from featbench.scoring.runner import RunConfig
 NO_ISOLATION = Isolation("none")
 from featbench.core.plugins import registered_models, resolve_model
 from featbench.core.results import read_result, validate_result
-from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite
+from tests.conftest import TINY_CNN, TINY_VIT
 
 CFG = RunConfig(seed=0, n_boot=50, time_budget_s=30, isolation=NO_ISOLATION)
 
 
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evaluation")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FEATBENCH_CACHE", str(root / "cache"))
-        s = make_tiny_suite(root, n_images=8)
-        fb.build_suite(s, batch_size=8, progress=False)
-        yield s
-
-
-def _run(suite, factory, tmp_path, tasks="map/*/blocks.1/*", cfg=CFG, name="out.json"):
-    return run_map_track(factory, suite, suite.select(tasks), tmp_path / name, cfg, progress=False)
+def _run(tiny_suite, factory, tmp_path, tasks="map/*/blocks.1/*", cfg=CFG, name="out.json"):
+    return run_map_track(factory, tiny_suite, tiny_suite.select(tasks), tmp_path / name, cfg, progress=False)
 
 
 # -- finding a submission -------------------------------------------------------------------------
@@ -87,8 +77,8 @@ def test_entry_point_of_another_package(monkeypatch):
 
 # -- scoring ------------------------------------------------------------------------------------
 
-def test_identity_scores_equal_its_reference_point(suite, tmp_path):
-    res = _run(suite, resolve_model("identity"), tmp_path)
+def test_identity_scores_equal_its_reference_point(tiny_suite, tmp_path):
+    res = _run(tiny_suite, resolve_model("identity"), tmp_path)
     for t in res["tasks"]:
         assert t["status"] == "ok"
         for metric, score in t["metrics"].items():
@@ -101,15 +91,15 @@ def test_identity_scores_equal_its_reference_point(suite, tmp_path):
     assert any("carried over" in n for n in vit["notes"])
 
 
-def test_spatial_is_exact_on_its_own_reference(suite, tmp_path):
-    res = _run(suite, resolve_model("spatial"), tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/rot90")
+def test_spatial_is_exact_on_its_own_reference(tiny_suite, tmp_path):
+    res = _run(tiny_suite, resolve_model("spatial"), tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/rot90")
     t = res["tasks"][0]
     assert t["metrics"]["mse"] == t["reference_points"]["spatial"]["mse"]
 
 
 @pytest.mark.parametrize("model", ["spatial", "linear+spatial"])
-def test_geometric_only_mappers_are_scored_on_geometric_tasks_only(suite, tmp_path, model):
-    res = _run(suite, resolve_model(model), tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/*")
+def test_geometric_only_mappers_are_scored_on_geometric_tasks_only(tiny_suite, tmp_path, model):
+    res = _run(tiny_suite, resolve_model(model), tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/*")
     assert [t["task_id"] for t in res["tasks"]] == [f"map/{TINY_CNN}/blocks.1/rot90"]
     assert res["tasks"][0]["status"] == "ok"
 
@@ -128,18 +118,18 @@ def test_linear_fits_a_known_linear_relation_and_reports_its_structure():
     assert m.ridge == 0.0
 
 
-def test_linear_result_has_linear_structure(suite, tmp_path):
-    res = _run(suite, resolve_model("linear"), tmp_path, tasks=f"map/{TINY_CNN}/blocks.3/rot90")
+def test_linear_result_has_linear_structure(tiny_suite, tmp_path):
+    res = _run(tiny_suite, resolve_model("linear"), tmp_path, tasks=f"map/{TINY_CNN}/blocks.3/rot90")
     ls = res["tasks"][0]["linear_structure"]
     assert ls["effective_rank"] > 1 and ls["spectral_norm"] > 0
     assert res["model"]["n_params"] == 48 * 48 + 48
 
 
-def test_same_seed_same_scores(suite, tmp_path):
+def test_same_seed_same_scores(tiny_suite, tmp_path):
     cfg = RunConfig(seed=1, n_boot=50, time_budget_s=None, isolation=NO_ISOLATION)
     quick = type("QuickMLP", (resolve_model("mlp"),), {"max_epochs": 2, "min_steps_per_epoch": 5})
-    a = _run(suite, quick, tmp_path, tasks=f"map/{TINY_CNN}/blocks.3/noise40", cfg=cfg, name="a.json")
-    b = _run(suite, quick, tmp_path, tasks=f"map/{TINY_CNN}/blocks.3/noise40", cfg=cfg, name="b.json")
+    a = _run(tiny_suite, quick, tmp_path, tasks=f"map/{TINY_CNN}/blocks.3/noise40", cfg=cfg, name="a.json")
+    b = _run(tiny_suite, quick, tmp_path, tasks=f"map/{TINY_CNN}/blocks.3/noise40", cfg=cfg, name="b.json")
     assert a["tasks"][0]["status"] == "ok"
     assert a["tasks"][0]["metrics"] == b["tasks"][0]["metrics"]
 
@@ -175,9 +165,9 @@ class _Bad(fb.Mapper):
     ("raise", "boom in fit"), ("shape", "shape"), ("dtype", "dtype"), ("nan", "non-finite"),
     ("inf", "non-finite"), ("type", "torch.Tensor"),
 ])
-def test_bad_submission_fails_its_task_and_the_run_goes_on(suite, tmp_path, mode, reason):
+def test_bad_submission_fails_its_task_and_the_run_goes_on(tiny_suite, tmp_path, mode, reason):
     factory = type(f"Bad_{mode}", (_Bad,), {"mode": mode})
-    res = _run(suite, factory, tmp_path, tasks=f"map/{TINY_CNN}/*/rot90")
+    res = _run(tiny_suite, factory, tmp_path, tasks=f"map/{TINY_CNN}/*/rot90")
     assert len(res["tasks"]) == 2
     for t in res["tasks"]:
         assert t["status"] == "failed"
@@ -185,20 +175,20 @@ def test_bad_submission_fails_its_task_and_the_run_goes_on(suite, tmp_path, mode
     validate_result(res)
 
 
-def test_time_budget_is_enforced(suite, tmp_path, monkeypatch):
+def test_time_budget_is_enforced(tiny_suite, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "BUDGET_GRACE", 1.0)
     factory = type("Slow", (_Bad,), {"mode": "slow"})
     cfg = RunConfig(seed=0, n_boot=20, time_budget_s=0.5, isolation=NO_ISOLATION)
-    res = _run(suite, factory, tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/rot90", cfg=cfg)
+    res = _run(tiny_suite, factory, tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/rot90", cfg=cfg)
     assert res["tasks"][0]["status"] == "failed"
     assert "time budget" in res["tasks"][0]["reason"]
 
 
 # -- result files -------------------------------------------------------------------------------
 
-def test_interrupted_run_resumes_from_scored_tasks(suite, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_from_scored_tasks(tiny_suite, tmp_path, monkeypatch):
     out = tmp_path / "linear.json"
-    tasks = suite.select("map/*/blocks.1/*")
+    tasks = tiny_suite.select("map/*/blocks.1/*")
     real = map_track.evaluate_map_task
     calls = []
 
@@ -210,7 +200,7 @@ def test_interrupted_run_resumes_from_scored_tasks(suite, tmp_path, monkeypatch)
 
     monkeypatch.setattr(map_track, "evaluate_map_task", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_map_track(resolve_model("linear"), suite, tasks, out, CFG, progress=False)
+        run_map_track(resolve_model("linear"), tiny_suite, tasks, out, CFG, progress=False)
     partial = read_result(out)
     assert [t["task_id"] for t in partial["tasks"]] == calls
     resumed_calls = []
@@ -220,36 +210,36 @@ def test_interrupted_run_resumes_from_scored_tasks(suite, tmp_path, monkeypatch)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(map_track, "evaluate_map_task", counting)
-    final = run_map_track(resolve_model("linear"), suite, tasks, out, CFG, progress=False)
+    final = run_map_track(resolve_model("linear"), tiny_suite, tasks, out, CFG, progress=False)
     assert len(final["tasks"]) == len(tasks)
     assert set(resumed_calls) == {t.id for t in tasks} - set(calls)
 
 
-def test_a_run_of_some_tasks_keeps_the_files_other_tasks(suite, tmp_path):
+def test_a_run_of_some_tasks_keeps_the_files_other_tasks(tiny_suite, tmp_path):
     """Scoring a suite one backbone at a time builds up one file; no run drops earlier tasks."""
     out = tmp_path / "identity.json"
     threads = torch.get_num_threads()
     try:  # the two runs use different thread counts; each task record says which it had
         torch.set_num_threads(1)
-        first = run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_VIT}/blocks.1/*"), out,
+        first = run_map_track(resolve_model("identity"), tiny_suite, tiny_suite.select(f"map/{TINY_VIT}/blocks.1/*"), out,
                               CFG, progress=False)
         torch.set_num_threads(2)
-        both = run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_CNN}/blocks.1/*"), out,
+        both = run_map_track(resolve_model("identity"), tiny_suite, tiny_suite.select(f"map/{TINY_CNN}/blocks.1/*"), out,
                              CFG, progress=False)
     finally:
         torch.set_num_threads(threads)
     assert both["environment"]["threads"] == 2
     assert {t["notes"][0] for t in both["tasks"] if TINY_VIT in t["task_id"]} == {"threads: 1"}
     assert {t["notes"][0] for t in both["tasks"] if TINY_CNN in t["task_id"]} == {"threads: 2"}
-    expected = [t.id for t in suite.select("map/*/blocks.1/*")]
+    expected = [t.id for t in tiny_suite.select("map/*/blocks.1/*")]
     assert [t["task_id"] for t in both["tasks"]] == expected  # the suite's order, whatever the runs' order
     vit = {t["task_id"]: t for t in both["tasks"] if TINY_VIT in t["task_id"]}
     assert vit == {t["task_id"]: t for t in first["tasks"]}
 
 
-def test_rerun_never_overwrites_another_models_file(suite, tmp_path):
+def test_rerun_never_overwrites_another_models_file(tiny_suite, tmp_path):
     out = tmp_path / "x.json"
-    run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_CNN}/blocks.1/rot90"), out, CFG,
+    run_map_track(resolve_model("identity"), tiny_suite, tiny_suite.select(f"map/{TINY_CNN}/blocks.1/rot90"), out, CFG,
                   progress=False)
     before = out.read_bytes()
     fitted = []
@@ -260,34 +250,34 @@ def test_rerun_never_overwrites_another_models_file(suite, tmp_path):
             return super().fit(*args, **kwargs)
 
     with pytest.raises(fb.FeatbenchError, match="refusing to overwrite.*--out"):
-        run_map_track(CountingLinear, suite, suite.select(f"map/{TINY_CNN}/blocks.1/rot90"), out, CFG, progress=False)
+        run_map_track(CountingLinear, tiny_suite, tiny_suite.select(f"map/{TINY_CNN}/blocks.1/rot90"), out, CFG, progress=False)
     assert out.read_bytes() == before and fitted == []
     json.loads(before)
 
 
-def test_a_changed_model_never_silently_starts_its_file_over(suite, tmp_path, monkeypatch):
+def test_a_changed_model_never_silently_starts_its_file_over(tiny_suite, tmp_path, monkeypatch):
     """A run that cannot resume a file of the same model (its source changed) refuses, rather than
     starting over and dropping the file's records of the tasks it does not score."""
     out = tmp_path / "identity.json"
-    run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_CNN}/blocks.1/*"), out, CFG,
+    run_map_track(resolve_model("identity"), tiny_suite, tiny_suite.select(f"map/{TINY_CNN}/blocks.1/*"), out, CFG,
                   progress=False)
     before = out.read_bytes()
     monkeypatch.setattr(runner, "source_sha256", lambda probe: "0" * 64)  # as after an edit of its code
     with pytest.raises(fb.FeatbenchError, match=r"cannot resume \(model source sha256 .* → '0{64}'\).*--out"):
-        run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_VIT}/blocks.1/rot90"), out, CFG,
+        run_map_track(resolve_model("identity"), tiny_suite, tiny_suite.select(f"map/{TINY_VIT}/blocks.1/rot90"), out, CFG,
                       progress=False)
     assert out.read_bytes() == before
     with pytest.raises(fb.FeatbenchError, match=r"seed 0 → 1"):
-        run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_VIT}/blocks.1/rot90"), out,
+        run_map_track(resolve_model("identity"), tiny_suite, tiny_suite.select(f"map/{TINY_VIT}/blocks.1/rot90"), out,
                       RunConfig(seed=1, n_boot=CFG.n_boot, time_budget_s=CFG.time_budget_s, isolation=NO_ISOLATION), progress=False)
     assert out.read_bytes() == before
 
 
-def test_cli_validate_refuses_a_tampered_file(suite, tmp_path, capsys):
+def test_cli_validate_refuses_a_tampered_file(tiny_suite, tmp_path, capsys):
     from featbench.cli import main
 
     out = tmp_path / "id.json"
-    run_map_track(resolve_model("identity"), suite, suite.select(f"map/{TINY_CNN}/blocks.1/rot90"), out, CFG,
+    run_map_track(resolve_model("identity"), tiny_suite, tiny_suite.select(f"map/{TINY_CNN}/blocks.1/rot90"), out, CFG,
                   progress=False)
     assert main(["validate", str(out)]) == 0
     data = json.loads(out.read_text())
@@ -297,12 +287,12 @@ def test_cli_validate_refuses_a_tampered_file(suite, tmp_path, capsys):
     assert "record_sha256" in capsys.readouterr().err
 
 
-def test_readme_example_submission_runs(suite, tmp_path):
+def test_readme_example_submission_runs(tiny_suite, tmp_path):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     code = re.search(r"```python\n(# my_mapper\.py.*?)```", readme, re.S).group(1)
     assert len(code.strip().splitlines()) <= 25
     (tmp_path / "my_mapper.py").write_text(code)
-    res = _run(suite, resolve_model(f"{tmp_path / 'my_mapper.py'}:ChannelAffine"), tmp_path,
+    res = _run(tiny_suite, resolve_model(f"{tmp_path / 'my_mapper.py'}:ChannelAffine"), tmp_path,
                tasks=f"map/{TINY_CNN}/blocks.1/*")
     assert [t["status"] for t in res["tasks"]] == ["ok"] * 3
     assert res["model"] | {"source_sha256": None} == {
@@ -310,7 +300,7 @@ def test_readme_example_submission_runs(suite, tmp_path):
         "metadata": {"class": res["model"]["metadata"]["class"]}}
 
 
-def test_trained_baselines_start_no_step_that_would_overrun_the_budget(suite, tmp_path):
+def test_trained_baselines_start_no_step_that_would_overrun_the_budget(tiny_suite, tmp_path):
     """Each step takes 0.4 s: within a 2 s budget the MLP must stop by itself, not be interrupted."""
     import time as _time
 
@@ -324,7 +314,7 @@ def test_trained_baselines_start_no_step_that_would_overrun_the_budget(suite, tm
             return super()._loss(*args)
 
     cfg = RunConfig(seed=0, n_boot=20, time_budget_s=2.0, isolation=NO_ISOLATION)
-    res = _run(suite, SlowSteps, tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/rot90", cfg=cfg)
+    res = _run(tiny_suite, SlowSteps, tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/rot90", cfg=cfg)
     (t,) = res["tasks"]
     # An overrunning step would have been interrupted by the budget (status failed): no timing asserted.
     assert t["status"] == "ok", t.get("reason")

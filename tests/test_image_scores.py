@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from featbench.interfaces.checkpoints import CheckpointError, read_record
 from featbench.scoring.map_track import evaluate_map_task, run_map_track
 from featbench.scoring.isolation import Isolation
 NO_ISOLATION = Isolation("none")  # these tests are about image scores, in-process
-from featbench.scoring.runner import Models, RunConfig
+from featbench.scoring.runner import Models, RunConfig, noted
 from featbench.scoring.invert_track import train_inverter
 from featbench.core.plugins import resolve_model
 from featbench.core.paths import cache_dir
@@ -68,6 +71,21 @@ def suites(tmp_path_factory):
 @pytest.fixture
 def in_cache(suites, monkeypatch):
     monkeypatch.setenv("FEATBENCH_CACHE", str(Path(suites[0].path).parent / "cache"))
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """fresh_cache(name): switch to an empty FEATBENCH_CACHE (with the converted LPIPS weights linked in)."""
+    lpips_assets = list((Path(os.environ["FEATBENCH_CACHE"]) / "assets").glob("lpips_*.safetensors"))
+
+    def switch(name: str) -> Path:
+        monkeypatch.setenv("FEATBENCH_CACHE", str(tmp_path / name))
+        (tmp_path / name / "assets").mkdir(parents=True)
+        for f in lpips_assets:
+            os.symlink(f, tmp_path / name / "assets" / f.name)
+        return tmp_path / name
+
+    return switch
 
 
 class Oracle(fb.Mapper):
@@ -152,7 +170,9 @@ def test_manipulated_images_are_the_manipulation_of_the_test_view(suites, in_cac
     suite, _ = suites
     task = suite.get_task(f"{PINNED}/rot90")
     data = fb.load_task(suite, task)
-    scorer = image_scores.for_task(suite, task, data, Models(), CFG)
+    notes = []
+    scorer = image_scores.for_task(suite, task, data, Models(), CFG, notes)
+    assert notes == [scorer.note]
     assert scorer.rows == image_scores.subset(len(data.test), 2, suite.seed) == [0, 1]
     originals, manipulated = scorer.originals(), scorer.manipulated
     assert manipulated.dtype == torch.uint8 and manipulated.shape == (2, 3, 32, 32)
@@ -161,20 +181,61 @@ def test_manipulated_images_are_the_manipulation_of_the_test_view(suites, in_cac
     assert (manipulated.float() - torch.rot90(originals, 1, (-2, -1)).float()).abs().max() <= 1
 
 
-def test_missing_checkpoint_names_the_command_that_trains_it(suites, in_cache, tmp_path, capsys):
+def test_missing_checkpoint_scores_at_map_level_with_a_note_unless_required(suites, in_cache, tmp_path, capsys):
     from featbench.cli import main
 
     suite, sha = suites
     other = _with_pins(suite, "vit-pinned", [{"backbone": TINY_VIT, "layer": "blocks.1", "inverter": PRESET,
                                               "checkpoint_sha256": sha, "n_images": 2}])
+    task = f"map/{TINY_VIT}/blocks.1/noise40"
     want = (f"featbench train-inverter --suite {other.path} --backbone {TINY_VIT} --layer blocks.1 "
             f"--preset {PRESET}")
+    with pytest.warns(UserWarning, match=f"image scores unavailable for {TINY_VIT}/blocks.1"):
+        rec = evaluate_map_task(resolve_model("identity"), other, other.get_task(task), CFG)
+    assert rec["status"] == "ok", rec.get("reason")
+    assert {"r2", "emb_cos"} <= set(rec["metrics"]) and not set(image_scores.METRICS) & set(rec["metrics"])
+    assert not set(image_scores.METRICS) & set(rec["reference_points"]["identity"])
+    (why,) = noted(rec, image_scores.UNAVAILABLE)  # which pin, the command, and that a new one will not match it
+    assert sha in why and want in why and "sha256 will differ" in why and "map level only" in why
+    # Asked for explicitly, it is an error naming the command.
     with pytest.raises(image_scores.MissingCheckpointError) as err:
-        evaluate_map_task(resolve_model("identity"), other, other.get_task(f"map/{TINY_VIT}/blocks.1/noise40"), CFG)
+        evaluate_map_task(resolve_model("identity"), other, other.get_task(task), replace(CFG, require_image_scores=True))
     assert want in str(err.value)
-    assert main(["run", "--suite", str(other.path), "--tasks", f"map/{TINY_VIT}/blocks.1/noise40", "--model",
-                 "identity", "--out", str(tmp_path / "id.json"), "--n-boot", "5"]) == 2
+    base = ["run", "--suite", str(other.path), "--tasks", task, "--model", "identity", "--n-boot", "5",
+            "--no-isolation"]
+    assert main(base + ["--out", str(tmp_path / "req.json"), "--require-image-scores"]) == 2
     assert want in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="image scores unavailable"):
+        assert main(base + ["--out", str(tmp_path / "id.json")]) == 0
+    result = json.loads((tmp_path / "id.json").read_text())
+    validate_result(result)
+    assert noted(result["tasks"][0], image_scores.UNAVAILABLE) == [why]
+
+
+def test_a_map_level_record_is_kept_while_the_checkpoint_is_wanting(suites, in_cache, tmp_path):
+    suite, sha = suites
+    wrong = _with_pins(suite, "wrong-pin", [{"backbone": TINY_CNN, "layer": "blocks.3", "inverter": PRESET,
+                                             "checkpoint_sha256": "0" * 64, "n_images": 2}])
+    out, tasks = tmp_path / "id.json", wrong.select(f"{PINNED}/noise40")
+    with pytest.warns(UserWarning, match="is not the one suite tiny-test pins"):
+        first = run_map_track(resolve_model("identity"), wrong, tasks, out, CFG, progress=False)
+    (rec,) = first["tasks"]
+    assert rec["status"] == "ok" and noted(rec, image_scores.UNAVAILABLE)
+    second = run_map_track(resolve_model("identity"), wrong, tasks, out, CFG, progress=False)
+    assert second["tasks"] == first["tasks"]  # resumed: kept, not scored again
+    # Where the pinned checkpoint is at hand (the suite that pins the trained one), it is scored again.
+    assert not image_scores.record_is_current(suite, tasks[0], rec)
+
+
+def test_featbench_v1_records_stay_current_without_its_lost_decoders(private_cache):
+    """featbench-v1 pins decoders that no cache here holds: its committed results, which have
+    their image-level scores, are kept as they are by a resumed run."""
+    v1 = fb.load_suite("featbench-v1")
+    assert not any(image_scores.available(v1, pin) for pin in image_scores.pins(v1).values())
+    root = Path(__file__).resolve().parents[1] / "leaderboard" / "featbench-v1" / "results"
+    result = json.loads((root / "linear.json").read_text())
+    last = [t for t in result["tasks"] if (t["backbone"], t["layer"]) in image_scores.pins(v1)]
+    assert len(last) == 24 and all(image_scores.record_is_current(v1, v1.get_task(t["task_id"]), t) for t in last)
 
 
 def test_other_or_tampered_checkpoint_is_refused(suites, in_cache):
@@ -183,7 +244,8 @@ def test_other_or_tampered_checkpoint_is_refused(suites, in_cache):
     wrong = _with_pins(suite, "wrong-pin", [{"backbone": TINY_CNN, "layer": "blocks.3", "inverter": PRESET,
                                              "checkpoint_sha256": "0" * 64, "n_images": 2}])
     with pytest.raises(CheckpointError, match="is not the one suite tiny-test pins.*train-inverter"):
-        evaluate_map_task(resolve_model("identity"), wrong, wrong.get_task(task.id), CFG)
+        evaluate_map_task(resolve_model("identity"), wrong, wrong.get_task(task.id),
+                          replace(CFG, require_image_scores=True))
     directory = cache_dir() / "inverters" / suite.name / TINY_CNN / "blocks.3" / "decoder"
     path = directory / read_record(directory)["latest"]["file"]
     raw = path.read_bytes()
@@ -192,7 +254,7 @@ def test_other_or_tampered_checkpoint_is_refused(suites, in_cache):
         flipped[-1] ^= 0xFF
         path.write_bytes(bytes(flipped))
         with pytest.raises(CheckpointError, match="does not match its recorded sha256"):
-            evaluate_map_task(resolve_model("identity"), suite, task, CFG)
+            evaluate_map_task(resolve_model("identity"), suite, task, CFG)  # an error even when not required
     finally:
         path.write_bytes(raw)
 
@@ -243,23 +305,16 @@ def test_readme_pins_parse_for_featbench_v1():
         image_scores.pins(suite)
 
 
-def test_published_folder_carries_the_pinned_checkpoint(suites, in_cache, tmp_path, monkeypatch):
+def test_published_folder_carries_the_pinned_checkpoint(suites, in_cache, tmp_path, fresh_cache):
     import json
 
     from featbench.board.publish import install_published, stage
 
     suite, sha = suites
-    lpips_assets = list((cache_dir() / "assets").glob("lpips_*.safetensors"))
     stage(suite, tmp_path / "pub", leaderboard_root=tmp_path / "no-leaderboard")
     published = tmp_path / "pub" / "inverters" / TINY_CNN / "blocks.3" / "decoder"
     assert json.loads((published / "checkpoint.json").read_text())["latest"]["sha256"] == sha
     assert len(list(published.glob("*.safetensors"))) == 1  # the pinned file only
-
-    def fresh_cache(name: str) -> None:
-        monkeypatch.setenv("FEATBENCH_CACHE", str(tmp_path / name))
-        (tmp_path / name / "assets").mkdir(parents=True)
-        for f in lpips_assets:
-            os.symlink(f, tmp_path / name / "assets" / f.name)
 
     fresh_cache("fresh")
     assert f"inverter {TINY_CNN}/blocks.3/decoder" in install_published(tmp_path / "pub", suite)
@@ -289,3 +344,96 @@ def test_vit_layer_with_class_token_prefix(suites, in_cache):
     assert rec["status"] == "ok", rec.get("reason")
     _assert_image_scores(rec["metrics"])
     _assert_image_scores(rec["reference_points"]["spatial"])
+
+
+# -- checkpoints shipped with the suite ------------------------------------------------------------
+
+
+@pytest.fixture
+def shipping(suites, in_cache, capsys):
+    """(suite file that ships its checkpoint, its entry): `train-inverter --export` of the trained
+    decoder, pinned by the entry it prints."""
+    from featbench.cli import main
+
+    suite, _ = suites
+    assert main(["train-inverter", "--suite", str(suite.path), "--backbone", TINY_CNN, "--layer", "blocks.3",
+                 "--preset", PRESET, "--export"]) == 0
+    printed = capsys.readouterr().out
+    (entry,) = yaml.safe_load(printed[printed.index("\n  - ") + 1:])
+    return _with_pins(suite, "shipping", [entry]), entry
+
+
+def test_export_writes_a_small_folder_that_hashes_to_its_entry(suites, shipping, capsys):
+    from featbench.cli import main
+    from featbench.core.hashing import sha256_file
+
+    suite, entry = shipping
+    folder = Path(suite.path).parent / "checkpoints" / "tiny-test" / TINY_CNN / "blocks.3" / "decoder"
+    assert entry == {"backbone": TINY_CNN, "layer": "blocks.3", "inverter": PRESET,
+                     "checkpoint_sha256": entry["checkpoint_sha256"], "n_images": 2,
+                     "checkpoint": f"checkpoints/tiny-test/{TINY_CNN}/blocks.3/decoder"}
+    (shipped,) = folder.glob("*.safetensors")
+    assert sha256_file(shipped) == entry["checkpoint_sha256"] == read_record(folder)["latest"]["sha256"]
+    trained = cache_dir() / "inverters" / "tiny-test" / TINY_CNN / "blocks.3" / "decoder"
+    full = trained / read_record(trained)["latest"]["file"]
+    assert shipped.stat().st_size < full.stat().st_size / 4  # weights only (no Adam moments), float16
+    assert image_scores.pins(suite)[(TINY_CNN, "blocks.3")].shipped == folder
+    # An unfinished training is not exported.
+    assert main(["train-inverter", "--suite", str(suite.path), "--backbone", TINY_CNN, "--layer", "blocks.3",
+                 "--preset", PRESET, "--max-steps", "4", "--max-minutes", "0", "--export"]) == 2
+    assert "not exported: the training stopped at step 2 of 4" in capsys.readouterr().err
+
+
+def test_a_suite_shipping_its_checkpoint_scores_on_a_fresh_cache(suites, shipping, fresh_cache, recwarn):
+    suite, entry = shipping
+    sha, original_sha = entry["checkpoint_sha256"], suites[1]
+    trained = cache_dir() / "inverters" / "tiny-test" / TINY_CNN / "blocks.3" / "decoder"
+    fresh = fresh_cache("fresh")
+    fb.build_suite(suite, batch_size=8, progress=False)
+    task = suite.get_task(f"{PINNED}/noise40")
+    rec = evaluate_map_task(resolve_model("identity"), suite, task, CFG)
+    assert rec["status"] == "ok", rec.get("reason")
+    _assert_image_scores(rec["metrics"])
+    assert any(f"sha256 {sha[:12]}" in n for n in rec["notes"]) and not recwarn.list
+    installed = fresh / "inverters" / "tiny-test" / TINY_CNN / "blocks.3" / "decoder"
+    assert read_record(installed)["latest"]["sha256"] == sha
+    # A weights-only checkpoint loads as it is and is never trained further.
+    with pytest.raises(CheckpointError, match="holds weights only.*--restart"):
+        train_inverter(suite, TINY_CNN, "blocks.3", PRESET, max_steps=4, progress=False)
+    # Another checkpoint in the way (here, the training it was exported from) is moved aside, not lost.
+    installed.rename(fresh / "installed")
+    shutil.copytree(trained, installed)
+    with pytest.warns(UserWarning, match="held another checkpoint.*moved it to"):
+        again = evaluate_map_task(resolve_model("identity"), suite, task, CFG)
+    assert again["metrics"] == rec["metrics"]
+    aside = installed.with_name(f"decoder.replaced-{original_sha[:12]}")
+    assert read_record(aside)["latest"]["sha256"] == original_sha
+    assert read_record(installed)["latest"]["sha256"] == sha
+
+
+def test_a_tampered_shipped_checkpoint_is_refused(suites, shipping, fresh_cache):
+    suite, entry = shipping
+    folder = Path(suite.path).parent / entry["checkpoint"]
+    (shipped,) = folder.glob("*.safetensors")
+    shipped.write_bytes(shipped.read_bytes()[:-1] + b"!")
+    fresh = fresh_cache("fresh")
+    fb.build_suite(suite, batch_size=8, progress=False)
+    with pytest.raises(CheckpointError, match="ships its .* checkpoint of .*blocks.3 in .*does not hash to its pin"):
+        evaluate_map_task(resolve_model("identity"), suite, suite.get_task(f"{PINNED}/noise40"), CFG)
+    assert not (fresh / "inverters").exists()  # nothing installed
+
+
+def test_submit_check_leaves_out_image_scores_whose_checkpoint_is_not_here(suites, in_cache, tmp_path, fresh_cache):
+    from featbench.board.submit_check import submit_check
+
+    suite, sha = suites
+    out = tmp_path / "identity.json"
+    run_map_track(resolve_model("identity"), suite, suite.select(f"{PINNED}/noise40"), out, CFG, progress=False)
+    fresh_cache("elsewhere")  # a maintainer's machine with the data and without the pinned checkpoint
+    fb.build_suite(suite, batch_size=8, progress=False)
+    with pytest.warns(UserWarning, match="image scores unavailable"):
+        report = submit_check(out, suite=suite, sample=1, isolation=NO_ISOLATION)
+    assert report.ok and report.checked == [f"{PINNED}/noise40"]
+    (why,) = report.not_compared
+    assert why.startswith(f"{PINNED}/noise40 image-level scores: ") and sha in why
+    assert "NOT COMPARED" in report.summary()

@@ -21,7 +21,7 @@ from featbench.scoring.run import model_factory
 from featbench.scoring.isolation import Isolation, pickled_factory, sandbox_problem
 from featbench.scoring.map_track import fit_and_predict_isolated, map_data, run_map_track, task_info
 from featbench.scoring.runner import RunConfig, new_task_record, noted
-from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite
+from tests.conftest import TINY_CNN, TINY_VIT
 
 ATTACKER = Path(__file__).resolve().parent / "attacker_submission.py"
 CNN_TASK = f"map/{TINY_CNN}/blocks.1/rot90"
@@ -33,24 +33,14 @@ def needs_sandbox() -> None:
         pytest.skip(f"needs a working bubblewrap sandbox ({problem}); .ci/run installs it")
 
 
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory):
-    root = tmp_path_factory.mktemp("isolation")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FEATBENCH_CACHE", str(root / "cache"))
-        s = make_tiny_suite(root, n_images=8)
-        fb.build_suite(s, batch_size=8, progress=False)
-        yield s
-
-
 def cfg(mode: str, **limits) -> RunConfig:
     return RunConfig(seed=0, n_boot=20, time_budget_s=30, isolation=Isolation(mode, **limits))
 
 
-def test_baselines_score_the_same_isolated_as_in_process(suite, tmp_path):
+def test_baselines_score_the_same_isolated_as_in_process(tiny_suite, tmp_path):
     needs_sandbox()
-    tasks = [suite.get_task(CNN_TASK), suite.get_task(f"map/{TINY_VIT}/blocks.1/noise40")]
-    runs = {mode: run_map_track(resolve_model("linear"), suite, tasks, tmp_path / f"{mode}.json", cfg(mode),
+    tasks = [tiny_suite.get_task(CNN_TASK), tiny_suite.get_task(f"map/{TINY_VIT}/blocks.1/noise40")]
+    runs = {mode: run_map_track(resolve_model("linear"), tiny_suite, tasks, tmp_path / f"{mode}.json", cfg(mode),
                                 progress=False) for mode in ("none", "sandbox")}
     for plain, isolated in zip(runs["none"]["tasks"], runs["sandbox"]["tasks"]):
         assert isolated["status"] == "ok", isolated.get("reason")
@@ -64,17 +54,17 @@ def test_baselines_score_the_same_isolated_as_in_process(suite, tmp_path):
     assert read_result(tmp_path / "sandbox.json")["schema_version"] == "1.1"
 
 
-def _attack(suite, mode: str):
+def _attack(tiny_suite, mode: str):
     """The attacker fitted in a child as a run fits it; its findings and its predictions."""
-    task = suite.get_task(CNN_TASK)
-    data = load_task(suite, task)
-    info = task_info(suite, task, data, cfg(mode))
+    task = tiny_suite.get_task(CNN_TASK)
+    data = load_task(tiny_suite, task)
+    info = task_info(tiny_suite, task, data, cfg(mode))
     train, test = map_data(data.train, info), map_data(data.test, info)
     # Its file beside the suite file and the cache: the folder it comes from is visible to it, the
     # cache inside that folder must not be.
-    copy = suite.path.parent / "attacker.py"
+    copy = tiny_suite.path.parent / "attacker.py"
     copy.write_text(ATTACKER.read_text())
-    attacker = resolve_model(f"{copy}:Attacker")(suite_file=str(suite.path),
+    attacker = resolve_model(f"{copy}:Attacker")(suite_file=str(tiny_suite.path),
                                                     cache=str(cache_dir()))
     record = new_task_record(task, data, cfg(mode))
     fitted = fit_and_predict_isolated(pickled_factory(model_factory(attacker)), train, test.x,
@@ -82,9 +72,9 @@ def _attack(suite, mode: str):
     return json.loads(fitted.described["findings"]), fitted, test
 
 
-def test_an_attacker_in_the_sandbox_gets_no_test_targets(suite):
+def test_an_attacker_in_the_sandbox_gets_no_test_targets(tiny_suite):
     needs_sandbox()
-    findings, fitted, test = _attack(suite, "sandbox")
+    findings, fitted, test = _attack(tiny_suite, "sandbox")
     assert not findings["load_task"].startswith("got")  # neither the suite file nor the data are there to see
     assert findings["env FEATBENCH_CACHE"] != str(cache_dir())
     assert findings["default cache"] == "absent"
@@ -93,17 +83,17 @@ def test_an_attacker_in_the_sandbox_gets_no_test_targets(suite):
     assert torch.equal(fitted.pred, test.x)  # so it predicts its input: the identity floor
 
 
-def test_without_the_sandbox_the_child_still_gets_no_targets_through_featbench(suite):
-    findings, _, _ = _attack(suite, "process")
+def test_without_the_sandbox_the_child_still_gets_no_targets_through_featbench(tiny_suite):
+    findings, _, _ = _attack(tiny_suite, "process")
     assert not findings["load_task"].startswith("got")
     assert findings["default cache"] == "absent" and findings["env cache"] == "absent"
     # ...but it can read files by path: what README, "Trusted scoring", says of this mode.
     assert findings["known cache path"] != []
 
 
-def test_the_attacker_scores_the_identity_floor(suite, tmp_path):
+def test_the_attacker_scores_the_identity_floor(tiny_suite, tmp_path):
     needs_sandbox()
-    result = fb.evaluate(load_object(str(ATTACKER), "Attacker")(str(suite.path)), suite, CNN_TASK,
+    result = fb.evaluate(load_object(str(ATTACKER), "Attacker")(str(tiny_suite.path)), tiny_suite, CNN_TASK,
                          out=tmp_path / "attacker.json", n_boot=20, time_budget_s=30, progress=False)
     (task,) = result["tasks"]
     assert task["status"] == "ok" and task["scoring"]["isolation"] == "sandbox"
@@ -128,9 +118,9 @@ class Misbehaving(fb.Mapper):
         return x
 
 
-def test_memory_hogs_and_hangs_fail_their_task_and_the_run_goes_on(suite, tmp_path):
-    tasks = [suite.get_task(f"map/{TINY_CNN}/blocks.1/{m}") for m in ("rot90", "noise40", "mask_tl_red")]
-    result = run_map_track(Misbehaving, suite, tasks, tmp_path / "bad.json",
+def test_memory_hogs_and_hangs_fail_their_task_and_the_run_goes_on(tiny_suite, tmp_path):
+    tasks = [tiny_suite.get_task(f"map/{TINY_CNN}/blocks.1/{m}") for m in ("rot90", "noise40", "mask_tl_red")]
+    result = run_map_track(Misbehaving, tiny_suite, tasks, tmp_path / "bad.json",
                            cfg("auto", memory_gb=8, wall_s=40), progress=False)
     status = {t["task_id"].rsplit("/", 1)[1]: t for t in result["tasks"]}
     assert status["rot90"]["status"] == "failed"
@@ -152,17 +142,17 @@ def test_without_bwrap_auto_warns_and_sandbox_refuses(monkeypatch):
         assert Isolation("none").resolved() == "none"
 
 
-def test_a_model_that_cannot_be_sent_fails_the_run_at_once(suite, tmp_path):
+def test_a_model_that_cannot_be_sent_fails_the_run_at_once(tiny_suite, tmp_path):
     local = type("Local", (fb.Mapper,), {"fit": lambda self, train: None, "predict": lambda self, x: x})
     with pytest.raises(FeatbenchError, match="--no-isolation"):
-        run_map_track(lambda: local(), suite, [suite.get_task(CNN_TASK)], tmp_path / "x.json", cfg("process"),
+        run_map_track(lambda: local(), tiny_suite, [tiny_suite.get_task(CNN_TASK)], tmp_path / "x.json", cfg("process"),
                       progress=False)
     assert not (tmp_path / "x.json").exists()
 
 
-def test_a_record_scored_in_process_is_not_kept_by_an_isolated_run(suite, tmp_path):
+def test_a_record_scored_in_process_is_not_kept_by_an_isolated_run(tiny_suite, tmp_path):
     out = tmp_path / "id.json"
-    task = suite.get_task(CNN_TASK)
-    run_map_track(resolve_model("identity"), suite, [task], out, cfg("none"), progress=False)
-    again = run_map_track(resolve_model("identity"), suite, [task], out, cfg("process"), progress=False)
+    task = tiny_suite.get_task(CNN_TASK)
+    run_map_track(resolve_model("identity"), tiny_suite, [task], out, cfg("none"), progress=False)
+    again = run_map_track(resolve_model("identity"), tiny_suite, [task], out, cfg("process"), progress=False)
     assert again["tasks"][0]["scoring"]["isolation"] == "process"  # scored again, not kept

@@ -22,7 +22,6 @@ from featbench.cli import main
 from featbench.core.errors import FeatbenchError
 from featbench.core.results import read_result
 from featbench.scoring.executors import LocalExecutor, RayExecutor, make_executor
-from tests.conftest import make_tiny_suite
 
 ray = pytest.importorskip("ray", reason="the ray executor's tests need Ray (pip install 'featbench[ray]')")
 
@@ -92,16 +91,6 @@ def cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ray")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FEATBENCH_CACHE", str(root / "cache"))
-        s = make_tiny_suite(root, n_images=8)
-        fb.build_suite(s, batch_size=8, progress=False)
-        yield s
-
-
 @pytest.fixture
 def one_thread():
     """Fits here with the one thread a worker's one CPU gives it, so that the two runs compute alike."""
@@ -128,36 +117,36 @@ def _untimed(result: dict) -> dict[str, dict]:
     return {t["task_id"]: untimed(t) for t in result["tasks"]}
 
 
-def _run(model, suite, out, executor, tasks=TASKS):
-    return fb.evaluate(model, suite, tasks, out=out, n_boot=50, time_budget_s=30, progress=False, executor=executor)
+def _run(model, tiny_suite, out, executor, tasks=TASKS):
+    return fb.evaluate(model, tiny_suite, tasks, out=out, n_boot=50, time_budget_s=30, progress=False, executor=executor)
 
 
 @pytest.mark.slow
-def test_ray_run_equals_local_run_task_by_task_and_resumes(cluster, suite, tmp_path, one_thread):
+def test_ray_run_equals_local_run_task_by_task_and_resumes(cluster, tiny_suite, tmp_path, one_thread):
     for model in ("identity", "linear"):
-        local = _run(model, suite, tmp_path / "local" / f"{model}.json", LocalExecutor())
+        local = _run(model, tiny_suite, tmp_path / "local" / f"{model}.json", LocalExecutor())
         _forget_scores()
         out = tmp_path / "ray" / f"{model}.json"
         first = RayExecutor(cluster)
-        _run(model, suite, out, first, tasks="map/*/blocks.1/rot90")  # then interrupted, say
+        _run(model, tiny_suite, out, first, tasks="map/*/blocks.1/rot90")  # then interrupted, say
         rest = RayExecutor(cluster)
-        remote = _run(model, suite, out, rest)
+        remote = _run(model, tiny_suite, out, rest)
         assert len(first.nodes) == 2 and len(rest.nodes) == 4, "a resumed run scores only the tasks left"
         assert len(set(first.nodes.values()) | set(rest.nodes.values())) == 2, "both nodes scored tasks"
         assert [t["status"] for t in remote["tasks"]] == ["ok"] * 6
         assert _untimed(remote) == _untimed(local)
         assert read_result(out)["model"] == local["model"]
         again = RayExecutor(cluster)
-        assert _untimed(_run(model, suite, out, again)) == _untimed(local) and not again.nodes
+        assert _untimed(_run(model, tiny_suite, out, again)) == _untimed(local) and not again.nodes
 
 
 @pytest.mark.slow
-def test_cli_runs_on_ray(cluster, suite, tmp_path, one_thread, capsys):
-    local = _run("identity", suite, tmp_path / "local.json", LocalExecutor())
+def test_cli_runs_on_ray(cluster, tiny_suite, tmp_path, one_thread, capsys):
+    local = _run("identity", tiny_suite, tmp_path / "local.json", LocalExecutor())
     _forget_scores()
     out = tmp_path / "ray.json"
     assert main(["run", "--executor", "ray", "--ray-address", cluster, "--cpus-per-task", "1",
-                 "--suite", str(suite.path), "--tasks", TASKS, "--model", "identity", "--n-boot", "50",
+                 "--suite", str(tiny_suite.path), "--tasks", TASKS, "--model", "identity", "--n-boot", "50",
                  "--time-budget", "30", "--out", str(out)]) == 0
     assert _untimed(read_result(out)) == _untimed(local)
 
@@ -176,17 +165,17 @@ class CrashOnRot90(fb.Mapper):
 
 
 @pytest.mark.slow
-def test_a_lost_worker_fails_its_task_and_the_run_goes_on(cluster, suite, tmp_path, one_thread):
-    result = _run(CrashOnRot90, suite, tmp_path / "crash.json", RayExecutor(cluster, max_retries=0))
+def test_a_lost_worker_fails_its_task_and_the_run_goes_on(cluster, tiny_suite, tmp_path, one_thread):
+    result = _run(CrashOnRot90, tiny_suite, tmp_path / "crash.json", RayExecutor(cluster, max_retries=0))
     status = sorted((t["task_id"].rsplit("/", 1)[1], t["status"]) for t in result["tasks"])
     assert status == [("mask_tl_red", "ok")] * 2 + [("noise40", "ok")] * 2 + [("rot90", "failed")] * 2
     assert all(t["reason"] for t in result["tasks"] if t["status"] == "failed")
 
 
 @pytest.mark.slow
-def test_a_task_too_large_for_every_node_is_refused(cluster, suite, tmp_path):
+def test_a_task_too_large_for_every_node_is_refused(cluster, tiny_suite, tmp_path):
     with pytest.raises(FeatbenchError, match="no node of the Ray cluster has 8 CPUs.*--cpus-per-task 1"):
-        _run("identity", suite, tmp_path / "big.json", RayExecutor(cluster, cpus_per_task=8))
+        _run("identity", tiny_suite, tmp_path / "big.json", RayExecutor(cluster, cpus_per_task=8))
 
 
 def test_ray_options_need_the_ray_executor():

@@ -290,58 +290,38 @@ def _published_checkpoint(folder: Path, pin) -> Path:
 
 
 def _stage_pinned_checkpoints(suite: Suite, folder: Path) -> None:
-    """Copy each pinned inverter checkpoint (the pinned file and a record naming it alone)."""
+    """Copy each pinned inverter checkpoint (the pinned file and a record naming it alone), from
+    the suite's shipped folder or else the cache."""
     from featbench.scoring import image_scores
-    from featbench.interfaces.checkpoints import RECORD, read_record
-    from featbench.core.hashing import sha256_file
+    from featbench.interfaces.checkpoints import CheckpointError, install_checkpoint
 
     for pin in image_scores.pins(suite).values():
-        src = image_scores.pinned_dir(suite, pin)
-        record = read_record(src)
-        if record is None or record["latest"]["sha256"] != pin.checkpoint_sha256:
-            raise FeatbenchError(f"suite {suite.name} pins a {pin.inverter} checkpoint {pin.checkpoint_sha256[:12]}… for "
-                                 f"{pin.backbone}/{pin.layer}, and {src} does not hold it; it cannot be published")
-        latest = record["latest"]
-        dst = _published_checkpoint(folder, pin) / src.name
-        dst.mkdir(parents=True)
-        shutil.copyfile(src / latest["file"], dst / latest["file"])
-        if sha256_file(dst / latest["file"]) != pin.checkpoint_sha256:
-            raise FeatbenchError(f"{src / latest['file']} does not hash to its pin; it was changed while being copied")
-        history = [{k: latest[k] for k in ("file", "sha256", "step")}]
-        (dst / RECORD).write_text(json.dumps(record | {"history": history}, indent=1, sort_keys=True))
+        cached = image_scores.pinned_dir(suite, pin)
+        src = pin.shipped or cached
+        try:
+            install_checkpoint(src, _published_checkpoint(folder, pin) / cached.name, pin.checkpoint_sha256)
+        except CheckpointError as exc:
+            raise FeatbenchError(f"suite {suite.name} pins a {pin.inverter} checkpoint {pin.checkpoint_sha256[:12]}… "
+                                 f"for {pin.backbone}/{pin.layer}, and {src} does not hold it ({exc}); it cannot be "
+                                 "published") from exc
 
 
 def _install_pinned_checkpoints(folder: Path, suite: Suite) -> list[str]:
-    """Install the published pinned checkpoints that the cache lacks, each checked against its pin.
-    A cache folder that holds another checkpoint is left as it is, and named."""
+    """Install the published pinned checkpoints that the cache lacks, each checked against its pin
+    (`featbench.interfaces.checkpoints.install_checkpoint`: another checkpoint in the cache is moved aside)."""
     from featbench.scoring import image_scores
-    from featbench.interfaces.checkpoints import CheckpointError, RECORD, read_record
-    from featbench.core.hashing import sha256_file
+    from featbench.interfaces.checkpoints import CheckpointError, install_checkpoint
 
     installed = []
     for pin in image_scores.pins(suite).values():
         dst = image_scores.pinned_dir(suite, pin)
-        src = _published_checkpoint(folder, pin) / dst.name
         label = f"inverter {pin.backbone}/{pin.layer}/{dst.name}"
         try:
-            mine = read_record(dst)
-        except CheckpointError:
-            mine = {"latest": {"sha256": "a damaged record"}}
-        if mine is not None:
-            if mine["latest"]["sha256"] != pin.checkpoint_sha256:
-                raise DataError(f"{dst} holds another {dst.name} checkpoint than the one suite {suite.name} pins "
-                                f"({pin.checkpoint_sha256[:12]}…); move it away, then install again")
-            continue
-        record = json.loads((src / RECORD).read_text()) if (src / RECORD).is_file() else None
-        if record is None or record["latest"]["sha256"] != pin.checkpoint_sha256 \
-                or sha256_file(src / record["latest"]["file"]) != pin.checkpoint_sha256:
+            if install_checkpoint(_published_checkpoint(folder, pin) / dst.name, dst, pin.checkpoint_sha256):
+                installed.append(label)
+        except CheckpointError as exc:
             raise DataError(f"{folder} lacks the {label} checkpoint that suite {suite.name} pins "
-                            f"({pin.checkpoint_sha256[:12]}…), or it does not hash to its pin")
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        tmp.rename(dst)
-        installed.append(label)
+                            f"({pin.checkpoint_sha256[:12]}…), or it does not hash to its pin: {exc}") from exc
     return installed
 
 

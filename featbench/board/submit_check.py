@@ -13,6 +13,8 @@ code differs from what produced it); for each sampled task, its data here hash t
 submission's ``task_sha256``, it is scored ``ok`` again, and each metric satisfies
 ``|here - submitted| <= atol + rtol * |submitted|``. Intervals are not compared: they are
 recomputed with few bootstrap resamples (``n_boot``), which moves their ends but not the values.
+Image-level scores whose pinned inverter checkpoint is not at hand here (featbench-v1's; see
+`featbench.scoring.image_scores`) are not compared either, and the report says so.
 
 The re-run is isolated (`featbench.scoring.isolation`, sandboxed where bwrap works), and the
 report says in which mode the submission's tasks were scored: their ``scoring`` (isolation, and
@@ -34,7 +36,8 @@ from featbench.board.admission import identity_problems
 from featbench.core.plugins import resolve_model, source_sha256
 from featbench.scoring.isolation import Isolation
 from featbench.scoring.map_track import evaluate_map_task
-from featbench.scoring.runner import Models, RunConfig
+from featbench.scoring import image_scores
+from featbench.scoring.runner import Models, RunConfig, noted
 
 ATOL = 0.01
 RTOL = 0.02
@@ -48,6 +51,8 @@ class CheckReport:
     mismatches: list[str] = field(default_factory=list)
     submitted_modes: dict[str, int] = field(default_factory=dict)  # "isolation X, test targets Y" -> tasks
     rerun_mode: str = ""
+    # Scores not compared, and why: image-level ones whose pinned inverter checkpoint is not here.
+    not_compared: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -58,7 +63,8 @@ class CheckReport:
                 + ("all scores match" if self.ok else f"{len(self.mismatches)} mismatch(es)"))
         modes = "; ".join(f"{mode} ({n} task(s))" for mode, n in sorted(self.submitted_modes.items()))
         return "\n".join([head, f"  submitted scores: {modes}", f"  re-run here: {self.rerun_mode}",
-                          *(f"  ran {t}" for t in self.checked), *(f"  MISMATCH {m}" for m in self.mismatches)])
+                          *(f"  ran {t}" for t in self.checked), *(f"  NOT COMPARED {m}" for m in self.not_compared),
+                          *(f"  MISMATCH {m}" for m in self.mismatches)])
 
 
 def scoring_mode_text(task: dict[str, Any]) -> str:
@@ -130,7 +136,12 @@ def submit_check(path: str | Path, *, suite: Suite | str | None = None, model: s
         if again["status"] != "ok":
             report.mismatches.append(f"{task.id}: failed here: {again.get('reason')}")
             continue
+        unavailable = noted(again, image_scores.UNAVAILABLE)
+        if unavailable:
+            report.not_compared.append(f"{task.id} image-level scores: {unavailable[0]}")
         for metric, score in sorted(sub["metrics"].items()):
+            if unavailable and metric in image_scores.METRICS:
+                continue
             mine = again["metrics"].get(metric, {}).get("value")
             if not close(mine, score["value"], atol, rtol):
                 report.mismatches.append(f"{task.id} {metric}: submitted {score['value']}, here {mine} "

@@ -14,6 +14,12 @@ into place with `os.replace`, so a folder holds the old checkpoint or the comple
 a partial file; the record is written after the tensors it names. A file whose sha256 does not
 match its record is refused with `CheckpointError` (it was damaged or edited).
 
+A checkpoint can travel (a suite ships the inverters it pins beside its file):
+`export_checkpoint` writes a folder of one safetensors file and a record naming it alone, by
+default the trained module's weights only, in float16 (what loading needs: no optimizer state);
+`install_checkpoint` copies such a folder into a cache folder after checking the file against
+its pin. A weights-only checkpoint loads as a finished training and cannot be trained further.
+
 `run_training` drives a resumable loop on top of this: it loads the latest checkpoint, runs steps
 until `max_steps` or a wall-time limit, saves every `every` steps and at the end, and, since a
 trainer that derives its randomness from the step number (`step_generator`) needs no saved RNG
@@ -23,7 +29,9 @@ state, a resumed run ends at the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -32,13 +40,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from featbench.core.cache import atomic_write, write_json
+from featbench.core.cache import atomic_write, save_tensors, write_json
 from featbench.core.errors import FeatbenchError
 from featbench.core.hashing import sha256_file, sha256_json
 from featbench.data.images import seed_for
 
 RECORD = "checkpoint.json"
 FORMAT = 1
+MODULE = "module."  # the prefix of the trained module's tensors in a checkpoint (the rest: optimizer state)
 
 
 class CheckpointError(FeatbenchError):
@@ -110,6 +119,94 @@ def load_checkpoint(directory: str | Path, identity: dict[str, Any] | None = Non
                               f"{latest['sha256'][:12]}…): it was damaged or changed after it was written; "
                               "refusing to load it")
     return load_file(str(path)), latest["state"], int(latest["step"])
+
+
+# --- checkpoints that travel ------------------------------------------------------------------
+
+
+def export_checkpoint(directory: str | Path, out: str | Path, *, dtype: torch.dtype | None = torch.float16) -> str:
+    """Write the latest checkpoint of `directory` into the folder `out`, to ship: one safetensors
+    file of the module's tensors alone (no optimizer state), floating ones cast to `dtype` (None
+    keeps them), and a record naming it alone, with the same identity. Returns the file's sha256
+    (its pin)."""
+    directory, out = Path(directory), Path(out)
+    loaded = load_checkpoint(directory)
+    if loaded is None:
+        raise CheckpointError(f"{directory} holds no checkpoint to export; train one first")
+    tensors, state, step = loaded
+    record = read_record(directory)
+    tensors = {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
+               for k, v in tensors.items() if k.startswith(MODULE)}
+    state = {k: v for k, v in state.items() if k != "optimizer"}
+    name = f"step-{step:08d}.safetensors"
+    save_tensors(out / name, tensors, metadata={"step": str(step)})
+    for stale in out.glob("step-*.safetensors"):  # an earlier export into the same folder
+        if stale.name != name:
+            stale.unlink()
+    sha = sha256_file(out / name)
+    exported = {"from_sha256": record["latest"]["sha256"], "dtype": None if dtype is None else str(dtype)}
+    entry = {"file": name, "sha256": sha, "step": step, "state": state | {"exported": exported},
+             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    write_json(out / RECORD, {"format": FORMAT, "identity": record["identity"],
+                              "identity_sha256": record["identity_sha256"], "latest": entry,
+                              "history": [{k: entry[k] for k in ("file", "sha256", "step")}]},
+               indent=1, sort_keys=True)
+    return sha
+
+
+def install_checkpoint(source: str | Path, directory: str | Path, sha256: str) -> bool:
+    """Copy the latest checkpoint of the folder `source` (as `export_checkpoint` writes it, or any
+    checkpoint folder) into `directory`, where its file must hash to `sha256`: that file and a
+    record naming it alone. Returns False when `directory` holds it already.
+
+    A source that is incomplete or does not hash to `sha256` is refused with `CheckpointError`
+    (nothing is installed). Another checkpoint in `directory` is never overwritten: it is moved
+    aside to ``<directory>.replaced-<its sha256[:12]>`` with a warning saying so. The file is
+    written before the record that names it, each atomically, so a reader sees either no
+    checkpoint or the complete one.
+    """
+    source, directory = Path(source), Path(directory)
+    record = read_record(source)
+    if record is None:
+        raise CheckpointError(f"{source} holds no checkpoint ({RECORD} is missing)")
+    latest = record["latest"]
+    shipped = source / latest["file"]
+    if latest["sha256"] != sha256 or not shipped.is_file():
+        raise CheckpointError(f"{source / RECORD} names {shipped.name} with sha256 {latest['sha256'][:12]}…, not "
+                              f"the pinned {sha256[:12]}…, or that file is missing")
+
+    def check(path: str | Path) -> None:
+        got = sha256_file(path)
+        if got != sha256:
+            raise CheckpointError(f"{shipped} does not hash to its pin ({got[:12]}… != {sha256[:12]}…): it was "
+                                  "damaged or changed after it was exported; refusing to install it")
+
+    check(shipped)  # before anything in `directory` is touched
+    try:
+        mine = read_record(directory)
+    except CheckpointError:
+        mine = {"latest": {"sha256": "damaged", "step": "?"}}
+    if mine is not None and mine["latest"]["sha256"] == sha256:
+        return False
+    if mine is not None:
+        aside = directory.with_name(f"{directory.name}.replaced-{mine['latest']['sha256'][:12]}")
+        n = 1
+        while aside.exists():  # moved aside before: keep that one too
+            n += 1
+            aside = aside.with_name(f"{directory.name}.replaced-{mine['latest']['sha256'][:12]}-{n}")
+        directory.rename(aside)
+        warnings.warn(f"featbench: {directory} held another checkpoint (step {mine['latest']['step']}, sha256 "
+                      f"{mine['latest']['sha256'][:12]}…) than the pinned {sha256[:12]}…; moved it to {aside} and "
+                      f"installed the pinned one from {source}", stacklevel=2)
+
+    def copy(tmp: str) -> None:
+        shutil.copyfile(shipped, tmp)
+        check(tmp)  # what is installed is what was checked
+
+    atomic_write(directory / latest["file"], copy)
+    history = [{k: latest[k] for k in ("file", "sha256", "step")}]
+    write_json(directory / RECORD, record | {"history": history}, indent=1, sort_keys=True)
+    return True
 
 
 # --- optimizer state as flat tensors + JSON ----------------------------------------------------
@@ -193,8 +290,13 @@ def run_training(*, directory: str | Path, identity: dict[str, Any], module: tor
     report_sha = None
     if loaded is not None:
         tensors, state, start = loaded
-        module.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
-        optimizer_from_flat(optimizer, tensors, state["optimizer"])
+        if "optimizer" not in state and start < max_steps:
+            raise CheckpointError(f"the checkpoint in {directory} holds weights only (it was exported for shipping, "
+                                  f"at step {start}), so it cannot be trained on to step {max_steps}; delete the "
+                                  "folder, or train with --restart, to start afresh")
+        module.load_state_dict({k[len(MODULE):]: v for k, v in tensors.items() if k.startswith(MODULE)})
+        if "optimizer" in state:
+            optimizer_from_flat(optimizer, tensors, state["optimizer"])
         if on_resume is not None:
             on_resume(state.get("extra", {}))
         report_sha = read_record(directory)["latest"]["sha256"]
@@ -204,7 +306,7 @@ def run_training(*, directory: str | Path, identity: dict[str, Any], module: tor
 
     def save(step: int) -> None:
         opt_tensors, opt_meta = optimizer_to_flat(optimizer)
-        tensors = {f"module.{k}": v for k, v in module.state_dict().items()} | opt_tensors
+        tensors = {f"{MODULE}{k}": v for k, v in module.state_dict().items()} | opt_tensors
         state = {"optimizer": opt_meta, "extra": extra_state() if extra_state else {}}
         path = save_checkpoint(directory, tensors, state, identity, step=step)
         report.weights_sha256 = read_record(directory)["latest"]["sha256"]

@@ -8,14 +8,24 @@ in its ``invert:`` section::
         - {backbone: efficientnet_lite0, layer: blocks.6, inverter: decoder,
            checkpoint_sha256: <64 hex digits>, n_images: 50}
 
-(optional per entry: ``seed``, the ``train-inverter --seed`` it was trained with, default 0).
+(optional per entry: ``seed``, the ``train-inverter --seed`` it was trained with, default 0;
+``checkpoint``, the checkpoint folder shipped with the suite, relative to the suite file, e.g.
+``checkpoint: checkpoints/featbench-v2/efficientnet_lite0/blocks.6/decoder``, as
+``featbench train-inverter ... --export`` writes it).
 
 For a map task of a pinned (backbone, layer), the evaluator loads that inverter from
 ``<cache>/inverters/<suite>/<backbone>/<layer>/<preset>/`` (`featbench.interfaces.checkpoints`: the file must
-hash to its record, and the record's sha256 must be the pinned one; a missing or different
-checkpoint is an error that names the ``featbench train-inverter`` command that trains it), and,
-on a fixed subset of ``n_images`` test rows (drawn once from the suite seed, the same for every
-task, model and run), inverts the prediction P and the target maps Y and scores
+hash to its record, and the record's sha256 must be the pinned one). A shipped checkpoint is
+installed there first (`featbench.interfaces.checkpoints.install_checkpoint`: checked against the
+pin, a tampered file is an error; another checkpoint there is moved aside, with a warning), so a
+fresh clone scores in image space. Where the suite ships none and the cache lacks the pinned one
+(featbench-v1's decoders exist in no cache but their trainer's, and a retraining hashes
+differently), the task is scored at map level only, with a note (``image scores unavailable: ...``)
+and a warning naming the pin and the command that trains a new one; with
+``RunConfig.require_image_scores`` (``featbench run --require-image-scores``) it is an error
+(`MissingCheckpointError`) instead. Then, on a fixed subset of ``n_images`` test rows (drawn
+once from the suite seed, the same for every task, model and run), the evaluator inverts the
+prediction P and the target maps Y and scores
 
 - ``lpips_vs_manipulated``: LPIPS v0.1 (AlexNet) between invert(P) and the manipulated image;
 - ``lpips_vs_inverted_target``: LPIPS between invert(P) and invert(Y);
@@ -37,6 +47,8 @@ prediction (identity and spatial reference points cost one inversion per task).
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,19 +62,23 @@ from featbench.core.paths import cache_dir
 from featbench.data.images import seed_for
 from featbench.data.storage import column_tensor, load_task
 from featbench.data.targets import aligned_targets, manipulated_images, unit_to_uint8
-from featbench.interfaces.checkpoints import CheckpointError, read_record
+from featbench.interfaces.checkpoints import CheckpointError, export_checkpoint, install_checkpoint, read_record
 from featbench.interfaces.inverter import checkpoint_dir, resolve_inverter
 from featbench.scoring import metrics
 from featbench.scoring.invert_track import invert_all, invert_data, invert_info
-from featbench.scoring.runner import RunConfig
+from featbench.scoring.runner import RunConfig, note, noted
 
 # Bump when what is cached here changes meaning.
 IMAGE_CACHE_VERSION = 1
 METRICS = ("lpips_vs_manipulated", "lpips_vs_inverted_target", "ssim_vs_manipulated", "ssim_vs_inverted_target")
 
 
+UNAVAILABLE = "image scores unavailable"  # the note of a task scored at map level for want of its pinned checkpoint
+
+
 class MissingCheckpointError(CheckpointError):
-    """The suite pins an inverter checkpoint that is not in the cache."""
+    """The suite pins an inverter checkpoint that is not at hand: it ships none, and the cache
+    holds none or another one."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,7 @@ class Pin:
     checkpoint_sha256: str
     n_images: int
     seed: int = 0  # the training seed (train-inverter --seed)
+    shipped: Path | None = None  # the checkpoint folder shipped with the suite (its ``checkpoint:``), if any
 
 
 def pins(suite) -> dict[tuple[str, str], Pin]:
@@ -81,7 +98,8 @@ def pins(suite) -> dict[tuple[str, str], Pin]:
     for entry in (getattr(suite, "invert", None) or {}).get("image_scores", []) or []:
         try:
             pin = Pin(str(entry["backbone"]), str(entry["layer"]), str(entry["inverter"]),
-                      str(entry["checkpoint_sha256"]).lower(), int(entry["n_images"]), int(entry.get("seed", 0)))
+                      str(entry["checkpoint_sha256"]).lower(), int(entry["n_images"]), int(entry.get("seed", 0)),
+                      _shipped(suite, entry.get("checkpoint")))
         except (KeyError, TypeError, ValueError) as exc:
             raise FeatbenchError(f"suite {suite.name}: invert.image_scores entry {entry!r} is malformed ({exc}); "
                                  "each needs backbone, layer, inverter, checkpoint_sha256, n_images") from exc
@@ -97,6 +115,18 @@ def pins(suite) -> dict[tuple[str, str], Pin]:
     return out
 
 
+def _shipped(suite, folder: str | None) -> Path | None:
+    """A pin's ``checkpoint:`` folder: relative to the suite file (absolute as given)."""
+    if folder is None:
+        return None
+    path = Path(str(folder)).expanduser()
+    if not path.is_absolute():
+        if suite.path is None:
+            raise FeatbenchError(f"suite {suite.name} ships checkpoint {folder} relative to its file, and has no file")
+        path = Path(suite.path).resolve().parent / path
+    return path
+
+
 def train_command(suite, backbone: str, layer: str, preset: str, seed: int = 0) -> str:
     cmd = f"featbench train-inverter --suite {suite.cli_name} --backbone {backbone} --layer {layer} --preset {preset}"
     return cmd + (f" --seed {seed}" if seed else "")
@@ -107,33 +137,63 @@ def pinned_dir(suite, pin: Pin) -> Path:
     return checkpoint_dir(suite.name, pin.backbone, pin.layer, resolve_inverter(pin.inverter)().name)
 
 
+def export_pinned(suite, backbone: str, layer: str, preset: str, out: str | Path | None = None, *, seed: int = 0,
+                  dtype: torch.dtype | None = torch.float16) -> dict:
+    """Export the trained `preset` checkpoint of (suite, backbone, layer) to ship with the suite
+    (`featbench.interfaces.checkpoints.export_checkpoint`: weights only, in `dtype`) into `out`,
+    by default ``checkpoints/<suite>/<backbone>/<layer>/<preset>`` beside the suite file. Returns
+    its ``invert.image_scores`` entry (``checkpoint`` relative to the suite file; ``n_images``: the
+    suite's pin of the layer, if any, else all its test images)."""
+    if suite.path is None:
+        raise FeatbenchError(f"suite {suite.name} has no file to ship a checkpoint beside")
+    base = Path(suite.path).resolve().parent
+    name = resolve_inverter(preset)().name
+    out = Path(out) if out is not None else base / "checkpoints" / suite.name / backbone / layer / name
+    sha = export_checkpoint(checkpoint_dir(suite.name, backbone, layer, name), out, dtype=dtype)
+    pinned = pins(suite).get((backbone, layer))
+    entry = {"backbone": backbone, "layer": layer, "inverter": preset, "checkpoint_sha256": sha,
+             "n_images": pinned.n_images if pinned else suite.n_test,
+             "checkpoint": os.path.relpath(out.resolve(), base)}
+    return entry | ({"seed": seed} if seed else {})
+
+
 def load_inverter(suite, backbone: str, layer: str, preset: str, checkpoint_sha256: str | None = None,
-                  seed: int = 0):
+                  seed: int = 0, shipped: Path | None = None):
     """(inverter, resolution, checkpoint sha256): `preset` loaded from its trained checkpoint of
     (suite, backbone, layer), never trained further. With `checkpoint_sha256`, the checkpoint must
-    be that one. A missing, damaged or different checkpoint raises `CheckpointError` naming the
-    command that trains it."""
+    be that one; `shipped` (a folder the suite ships it in) is installed into the cache first. A
+    missing or different checkpoint raises `MissingCheckpointError` naming the command that
+    trains one; a damaged or tampered one (shipped or cached), `CheckpointError`."""
     cmd = train_command(suite, backbone, layer, preset, seed)
     inverter = resolve_inverter(preset)()
     if not hasattr(inverter, "train"):
         raise FeatbenchError(f"inverter {preset!r} has no train() and no checkpoints; image-level scores need "
                              "a trained preset (decoder, featinv-tiny, featinv-sd)")
     directory = checkpoint_dir(suite.name, backbone, layer, inverter.name)
+    if shipped is not None and checkpoint_sha256 is not None:
+        try:
+            install_checkpoint(shipped, directory, checkpoint_sha256)
+        except CheckpointError as exc:
+            raise CheckpointError(f"suite {suite.name} ships its {preset} checkpoint of {backbone}/{layer} in "
+                                  f"{shipped}, and it cannot be used: {exc}") from exc
     try:
         record = read_record(directory)
     except CheckpointError as exc:
         raise CheckpointError(f"{exc}; train it again with `{cmd} --restart`") from exc
-    if record is None:
+    retrain = (f"`{cmd}` trains a new one, but a retraining does not reproduce the pinned file (its sha256 will "
+               "differ), so it gives image-level scores only to a suite that pins its sha256")
+    if record is None and checkpoint_sha256 is not None:
         raise MissingCheckpointError(
-            f"image-level scores of {backbone}/{layer} need suite {suite.name}'s {preset} inverter checkpoint, and "
-            f"{directory} has none: install it from the suite's published folder (featbench.board.publish.install_published), "
-            f"or train one with `{cmd}` and pin its sha256")
+            f"suite {suite.name} pins the {preset} checkpoint {checkpoint_sha256} for the image-level scores of "
+            f"{backbone}/{layer}, ships none, and {directory} has none; {retrain}")
+    if record is None:
+        raise MissingCheckpointError(f"{directory} has no {preset} checkpoint: train one with `{cmd}`")
     latest = record["latest"]
     if checkpoint_sha256 is not None and latest["sha256"] != checkpoint_sha256:
-        raise CheckpointError(
+        raise MissingCheckpointError(
             f"the {preset} checkpoint in {directory} (step {latest['step']}, sha256 {latest['sha256'][:12]}…) is not "
-            f"the one suite {suite.name} pins for {backbone}/{layer} (sha256 {checkpoint_sha256[:12]}…); copy the "
-            f"pinned checkpoint folder there, or train it with `{cmd}` and pin the new sha256")
+            f"the one suite {suite.name} pins for {backbone}/{layer} ({checkpoint_sha256}), and the suite ships "
+            f"none; {retrain}")
     task = suite.get_task(f"invert/{backbone}/{layer}")
     data = load_task(suite, task)
     info = invert_info(suite, task, data, RunConfig(seed=seed, time_budget_s=None))
@@ -183,7 +243,7 @@ class ImageScorer:
         loaded = tails.inverters if hasattr(tails, "inverters") else {}
         if pin not in loaded:
             loaded[pin] = inverter or load_inverter(suite, pin.backbone, pin.layer, pin.inverter,
-                                                    pin.checkpoint_sha256, pin.seed)
+                                                    pin.checkpoint_sha256, pin.seed, pin.shipped)
         self.inverter, self.resolution, self.checkpoint_sha256 = loaded[pin]
         test = data.test
         self.rows = subset(len(test), pin.n_images, suite.seed)
@@ -241,24 +301,50 @@ class ImageScorer:
         return cached_json(_cache_path("scores", key, "json"), make)
 
 
+def available(suite, pin: Pin) -> bool:
+    """Whether `pin`'s checkpoint is at hand: shipped with the suite, or in the cache."""
+    if pin.shipped is not None:
+        return True
+    try:
+        record = read_record(pinned_dir(suite, pin))
+    except CheckpointError:
+        return True  # a damaged record: scoring again says so
+    return record is not None and record["latest"]["sha256"] == pin.checkpoint_sha256
+
+
 def record_is_current(suite, task, record: dict) -> bool:
     """Whether a map task's stored record has the image-level scores that `suite` asks for: none
     where it pins no inverter for the task's layer, those of the pinned checkpoint and subset where
-    it does. A resumed run rescores the tasks whose records are not (pinning a layer after results
-    were made rescores that layer's tasks and keeps the others)."""
+    it does, or none with the `UNAVAILABLE` note while that checkpoint is still not at hand. A
+    resumed run rescores the tasks whose records are not (pinning a layer after results were made
+    rescores that layer's tasks and keeps the others)."""
     pin = pins(suite).get((task.backbone, task.layer))
     scored = set(METRICS) & set(record.get("metrics", {}))
     if pin is None or task.manipulation is None:
         return not scored
+    if noted(record, UNAVAILABLE):
+        return not scored and not available(suite, pin)
     marks = _note_parts(pin.n_images, pin.inverter, pin.checkpoint_sha256)
-    return scored == set(METRICS) and any(all(m in note for m in marks) for note in record.get("notes", []))
+    return scored == set(METRICS) and any(all(m in n for m in marks) for n in record.get("notes", []))
 
 
-def for_task(suite, task, data, tails, cfg) -> ImageScorer | None:
-    """The image scorer of a map task whose (backbone, layer) the suite pins; None otherwise.
-    Raises `CheckpointError` (naming the train-inverter command) when the pinned checkpoint is
-    missing or not the pinned one."""
+def for_task(suite, task, data, tails, cfg, notes: list[str]) -> ImageScorer | None:
+    """The image scorer of a map task whose (backbone, layer) the suite pins, its note added to
+    `notes`; None where the suite pins none. Where the pinned checkpoint is not at hand, None as
+    well, with the `UNAVAILABLE` note and a warning (once per pin), or, with
+    ``cfg.require_image_scores``, `MissingCheckpointError` naming the train-inverter command. A
+    damaged or tampered checkpoint is always a `CheckpointError`."""
     pin = pins(suite).get((task.backbone, task.layer))
     if pin is None or task.manipulation is None:
         return None
-    return ImageScorer(suite, task, data, pin, tails, cfg)
+    try:
+        scorer = ImageScorer(suite, task, data, pin, tails, cfg)
+    except MissingCheckpointError as exc:
+        if cfg.require_image_scores:
+            raise
+        notes.append(note(UNAVAILABLE, f"{exc}. This task is scored at map level only"))
+        warnings.warn(f"featbench: {UNAVAILABLE} for {pin.backbone}/{pin.layer}: {exc}. Its tasks are scored at "
+                      "map level only (`featbench run --require-image-scores` makes this an error)", stacklevel=2)
+        return None
+    notes.append(scorer.note)
+    return scorer

@@ -262,9 +262,7 @@ def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, c
     train, test = map_data(data.train, info), map_data(data.test, info)
     labels = torch.tensor(data.test["label"])
     target_key = data.record["y"]["key"]
-    images = image_scores.for_task(suite, task, data, tails, cfg)  # the suite's pinned inverter, if any
-    if images:
-        record["notes"].append(images.note)
+    images = image_scores.for_task(suite, task, data, tails, cfg, record["notes"])  # the suite's pinned inverter
     extras = score_extras(suite, task, data, tails, test)
     if references:
         record["reference_points"] = _reference_points(task, tails, test, target_key, labels, cfg, images, extras)

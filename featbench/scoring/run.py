@@ -58,7 +58,7 @@ def evaluate(model: Any, suite: Suite | str, tasks: str | None = None, *, track:
              out: str | Path | None = None, out_dir: str | Path = "results", seed: int = 0, n_boot: int = 1000,
              time_budget_s: float | None = None, progress: bool = True,
              isolation: str | Isolation = "auto", executor: str | Executor = "local",
-             ray_address: str | None = None) -> dict[str, Any]:
+             ray_address: str | None = None, require_image_scores: bool = False) -> dict[str, Any]:
     """Fit and score `model` on the `track` tasks of `suite` that match `tasks` (a glob such as
     ``map/*/blocks.6/*``, or a substring; all by default), writing the result file after every task.
     `time_budget_s` caps each fit (default: `featbench.scoring.runner.fit_budget`). `isolation`:
@@ -66,7 +66,9 @@ def evaluate(model: Any, suite: Suite | str, tasks: str | None = None, *, track:
     `Isolation` with limits): by default a sandboxed child process that never sees the test targets. `executor`:
     ``local`` (here, one task after another), ``ray`` (fanned out over the Ray cluster at
     `ray_address`) or an `featbench.scoring.executors` executor such as ``RayExecutor(address,
-    cpus_per_task=4)``."""
+    cpus_per_task=4)``. `require_image_scores`: a map task whose pinned image-score checkpoint is
+    not at hand fails the run (by default it is scored at map level, with a note saying why;
+    `featbench.scoring.image_scores`)."""
     if track not in ("map", "invert"):
         raise FeatbenchError(f"unknown track {track!r}; choose map or invert")
     if isinstance(executor, str):
@@ -77,7 +79,8 @@ def evaluate(model: Any, suite: Suite | str, tasks: str | None = None, *, track:
     factory = model_factory(model, track)
     cfg = RunConfig(seed=seed, n_boot=n_boot,
                     time_budget_s=fit_budget(factory, time_budget_s, suite.run_defaults.get("time_budget_s")),
-                    isolation=isolation if isinstance(isolation, Isolation) else Isolation(isolation))
+                    isolation=isolation if isinstance(isolation, Isolation) else Isolation(isolation),
+                    require_image_scores=require_image_scores)
     if out is None:
         probe = None if isinstance(model, str) else factory()
         name = model if probe is None else getattr(probe, "name", type(probe).__name__)

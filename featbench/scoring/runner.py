@@ -46,6 +46,9 @@ class RunConfig:
     time_budget_s: float | None = None  # per task; None: no limit
     # Where a submission's fit and predict run (featbench.scoring.isolation): a sandboxed child by default.
     isolation: Isolation = field(default_factory=Isolation)
+    # A map task whose pinned image-score checkpoint is not at hand: an error (True), or scored at
+    # map level with a note (False; featbench.scoring.image_scores).
+    require_image_scores: bool = False
 
 
 class BudgetExceeded(FeatbenchError):
