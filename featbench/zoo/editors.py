@@ -74,9 +74,11 @@ class Editor:
     dtype: str
 
     def spec(self, prompt: str) -> dict[str, Any]:
-        """Everything an edit depends on (the device aside): what a folder of its edits records."""
+        """Everything an edit depends on (the device and where a local copy lies aside): what a folder
+        of its edits records."""
         p = self.preset
-        return {"preset": p.name, "pipeline": p.pipeline, **self.origin, "prompt": prompt, "steps": p.steps,
+        origin = {k: v for k, v in self.origin.items() if k != "pipeline_dir"}
+        return {"preset": p.name, "pipeline": p.pipeline, **origin, "prompt": prompt, "steps": p.steps,
                 "guidance_scale": p.guidance_scale, "seed": p.seed, "settings": dict(p.settings), "dtype": self.dtype}
 
     def edit(self, image: Image.Image, prompt: str) -> Image.Image:
@@ -117,9 +119,9 @@ def load_editor(name: str, pipeline_dir: str | Path | None = None, revision: str
     `pipeline_dir`, on `device` (default: CUDA where there is one, else the CPU)."""
     preset = EDITORS.lookup(name)
     # transformers holds the editors' text encoders; diffusers imports it only when a pipeline needs it.
-    missing = [m for m in ("diffusers", "transformers") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("diffusers", "transformers", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:
-        raise FeatbenchError(f"editing needs {' and '.join(missing)}: pip install 'featbench[edit]'")
+        raise FeatbenchError(f"editing needs {', '.join(missing)}: pip install 'featbench[edit]'")
     import diffusers
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -138,7 +140,7 @@ def load_editor(name: str, pipeline_dir: str | Path | None = None, revision: str
         origin, where = {"model_id": preset.model_id, "revision": commit}, preset.model_id
         kwargs = {"revision": commit, "local_files_only": offline}
     try:
-        pipeline = getattr(diffusers, preset.pipeline).from_pretrained(where, torch_dtype=getattr(torch, dtype),
+        pipeline = getattr(diffusers, preset.pipeline).from_pretrained(where, dtype=getattr(torch, dtype),
                                                                       **kwargs)
     except Exception as exc:
         raise AssetError(f"cannot load the {preset.pipeline} of editor {preset.name} from {where}: "
