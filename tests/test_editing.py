@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,7 @@ def test_edit_then_build_and_score_the_edits(suite, tiny_pix2pix, tmp_path, caps
     out = tmp_path / "pairs"
     assert main(edit(suite, tiny_pix2pix, out)) == 0
     printed = capsys.readouterr().out
-    assert re.search(r"6 images edited, 0 kept from before \(6 pairs in all\)", printed)
+    assert "edited 6 images, kept 0 edited before (6 pairs in all)" in printed
     pairs = read_edit_pairs(out)
     assert sorted(pairs.pairs) == sorted(r.image_id for r in suite.image_source().records)
     assert f"manifest sha256: {pairs.manifest_sha256}" in printed
@@ -96,7 +97,7 @@ def test_edit_then_build_and_score_the_edits(suite, tiny_pix2pix, tmp_path, caps
     (out / pairs.pairs[first].edited_file_name).unlink()
     capsys.readouterr()
     assert main(edit(suite, tiny_pix2pix, out)) == 0
-    assert "1 images edited, 5 kept from before" in capsys.readouterr().out
+    assert "edited 1 images, kept 5 edited before" in capsys.readouterr().out
     assert hashes(out) == made
 
     # The printed entry scores the edits: build (reading the pairs, never editing) and run.
@@ -115,16 +116,31 @@ def test_edit_then_build_and_score_the_edits(suite, tiny_pix2pix, tmp_path, caps
     assert tasks[0]["category"] == "semantic"
 
 
-def test_a_folder_of_other_edits_is_refused_and_kept(suite, tiny_pix2pix, tmp_path, capsys):
+@pytest.mark.slow
+def test_missing_edits_name_the_command_that_makes_them_and_other_edits_are_refused(suite, tiny_pix2pix, tmp_path,
+                                                                                      capsys):
     out = tmp_path / "pairs"
     assert main(edit(suite, tiny_pix2pix, out) + ["--limit", "1"]) == 0
+    entry = yaml.safe_load(capsys.readouterr().out.split("(once published: source hf:ID@REVISION):\n")[1])
+    raw = yaml.safe_load(Path(suite.path).read_text())
+    suite_file = tmp_path / "edited.yaml"
+    suite_file.write_text(yaml.safe_dump({**raw, "manipulations": entry}))
+    assert main(["build", "--suite", str(suite_file), "--no-compile"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"has no edit of \d of the \d (train|test) images of the suite", err)
+    command = re.search(r"make them with `(featbench edit [^`]*)` \(it resumes", err).group(1)
+
+    # Edits made otherwise never join these, and nothing there is touched.
     before = (out / METADATA).read_bytes()
-    capsys.readouterr()
     assert main(edit(suite, tiny_pix2pix, out, prompt="make it red") + ["--name", "make-it-blue"]) == 2
     err = capsys.readouterr().err
     assert f"{out.resolve()} holds edits made otherwise (there prompt='make it blue')" in err
     assert "write these edits to another folder (--out)" in err
     assert (out / METADATA).read_bytes() == before
+
+    # The command that the build's error names makes the rest.
+    assert main(shlex.split(command)[1:]) == 0
+    assert "edited 5 images, kept 1 edited before (6 pairs in all)" in capsys.readouterr().out
 
 
 def test_offline_the_editor_names_the_model_and_the_local_way(suite, tmp_path, capsys, monkeypatch):

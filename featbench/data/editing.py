@@ -58,7 +58,7 @@ class EditReport:
                 "params": {"source": str(self.folder), "manifest_sha256": self.manifest_sha256}}
 
     def summary(self) -> str:
-        return (f"{self.edited} images edited, {self.kept} kept from before ({self.n_pairs} pairs in all) in "
+        return (f"edited {self.edited} images, kept {self.kept} edited before ({self.n_pairs} pairs in all) in "
                 f"{self.folder}; {self.seconds:.0f} s\nmanifest sha256: {self.manifest_sha256}")
 
 
