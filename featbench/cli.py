@@ -160,6 +160,31 @@ def _cmd_show(args: argparse.Namespace) -> None:
     print(f"wrote {show(suite, args.tasks, args.images, models, args.out, preset=args.preset)}")
 
 
+def _cmd_edit(args: argparse.Namespace) -> None:
+    import shlex
+    import textwrap
+    from pathlib import Path
+
+    import yaml
+
+    from featbench.data.editing import default_folder, edit_label, edit_suite
+    from featbench.data.suites import load_suite
+    from featbench.zoo.editors import load_editor
+
+    suite = load_suite(args.suite)
+    label = edit_label(args.prompt, args.name)
+    out = Path(args.out or default_folder(suite, args.editor, label)).resolve()
+    editor = load_editor(args.editor, pipeline_dir=args.pipeline_dir, revision=args.revision, device=args.device)
+    where = (["--pipeline-dir", editor.origin["pipeline_dir"]] if "pipeline_dir" in editor.origin
+             else ["--revision", editor.origin["revision"]])
+    command = shlex.join(["featbench", "edit", "--suite", suite.cli_name, "--editor", args.editor, "--prompt",
+                          args.prompt, "--name", label, "--out", str(out), *where])
+    report = edit_suite(suite, editor, args.prompt, out, label=label, limit=args.limit, command=command)
+    print(report.summary())
+    print("to score these edits, list them among a suite's manipulations (once published: source hf:ID@REVISION):")
+    print(textwrap.indent(yaml.safe_dump([report.suite_entry()], sort_keys=False), "  "), end="")
+
+
 def _cmd_validate(args: argparse.Namespace) -> None:
     from featbench.core.results import read_result
     from featbench.data.suites import load_suite
@@ -335,6 +360,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--out", required=True, help="the PNG file to write")
     p.set_defaults(func=_cmd_show)
+
+    p = sub.add_parser("edit", help="edit a suite's images once with a generative editor (a GPU and the hub), "
+                                    "writing an edit-pair dataset that a suite scores as edit_pairs.LABEL")
+    p.add_argument("--suite", required=True, help=SUITE_HELP)
+    p.add_argument("--prompt", required=True, help='the edit instruction, e.g. "make the car body blue"')
+    p.add_argument("--editor", default="qwen-image-edit",
+                   help="qwen-image-edit (default: FeatMap's Qwen-Image-Edit-2511 and settings) or instruct-pix2pix")
+    p.add_argument("--name", help="the label: the suite names these edits edit_pairs.LABEL (default: from the prompt)")
+    p.add_argument("--out", help="the edit-pair folder (default: <cache>/edit_pairs/<suite>/<editor>.<label>); "
+                                 "a rerun into it resumes")
+    p.add_argument("--limit", type=int, help="edit only the first N images (by image id), to try the settings")
+    p.add_argument("--pipeline-dir", help="a local copy of the editor's diffusers pipeline (offline)")
+    p.add_argument("--revision", help="the model's revision on the hub (default: the preset's; the commit is recorded)")
+    p.add_argument("--device", help="cuda, cuda:1, cpu... (default: cuda where there is one)")
+    p.set_defaults(func=_cmd_edit)
 
     p = sub.add_parser("validate", help="check result files against the schema and their hashes")
     p.add_argument("files", nargs="+")

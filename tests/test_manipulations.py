@@ -14,8 +14,8 @@ from featbench.data.manipulations import get_manipulation, list_manipulations, r
 GEOMETRIC = ["rot90", "rot180", "rot270", "hflip", "vflip"]
 PHOTOMETRIC = ["noise40", "hue60", "grayscale"]
 LOCAL = ["mask_tl_red", "mask_br_green", "mask_center_big_blue", "mask_center_small_yellow"]
-# Need the real saliency model and pinned images: tests/test_semantic.py.
-SEMANTIC = ["object_removal", "object_only", "background_swap"]
+# Need the real saliency model and pinned images (tests/test_semantic.py) or edit pairs (tests/test_edit_pairs.py).
+SEMANTIC = ["object_removal", "object_only", "background_swap", "edit_pairs"]
 
 
 def random_images(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:

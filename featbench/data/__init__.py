@@ -1,5 +1,6 @@
 """Stage 2, the pinned data: image sources and splits (`images`), manipulations (`manipulations`),
-suite definitions (`suites`), the object-level semantic edits (`semantic`), the cached task datasets
+given edit pairs (`edit_pairs`) and the generative edits that make them (`editing`), suite
+definitions (`suites`), the object-level semantic edits (`semantic`), the cached task datasets
 (`storage`), and the true and manipulated target images (`targets`)."""
 
 from featbench.data.images import ImageRecord, ImageSource, folder_source, seed_for, split_by_name
@@ -8,6 +9,7 @@ from featbench.data.manipulations import (CATEGORIES, Manipulation, get_manipula
 from featbench.data.storage import TaskData, build_suite, column_tensor, is_built, load_task, variant_refs
 from featbench.data.suites import Suite, Task, list_suites, load_suite
 from featbench.data import semantic  # registers the semantic edits
+from featbench.data.edit_pairs import EditPair, EditPairs, add_pair, load_edit_pairs, read_edit_pairs, write_edit_pairs
 from featbench.data.targets import aligned_targets, manipulated_images, network_input, resize_images, target_images
 
 __all__ = [
@@ -15,4 +17,5 @@ __all__ = [
     "build_suite", "column_tensor", "folder_source", "get_manipulation", "is_built", "list_manipulations",
     "list_suites", "load_suite", "load_task", "manipulated_images", "network_input", "register_manipulation",
     "resize_images", "seed_for", "split_by_name", "target_images", "variant_refs",
+    "EditPair", "EditPairs", "add_pair", "load_edit_pairs", "read_edit_pairs", "write_edit_pairs",
 ]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
@@ -39,6 +40,9 @@ from featbench.core.errors import FeatbenchError
 from featbench.data.images import to_uint8
 
 CATEGORIES = ("geometric", "photometric", "local", "semantic")
+
+# What may follow the dot of a labelled name (`get_manipulation`): safe in task ids and folder names.
+LABEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 # Mask boxes are defined on a 288 px image (FeatMap's resolution) and scaled to the input size.
 MASK_REFERENCE_SIZE = 288
@@ -57,6 +61,8 @@ class ManipulationContext:
     of the split, float32 3×H×W in [0, 255], cut exactly as the suite cuts it.
     ``view_of(image, image_id, view)`` cuts a given PIL image (an edited version of ``image_id``)
     the way that view of ``image_id`` is cut, after resizing it to the original's size.
+    ``split_sha256[image_id]`` is the sha256 of that image's file as the suite's manifest pins it
+    (so that an edit made elsewhere can be checked to be an edit of this very file).
     """
 
     image_ids: Sequence[str]
@@ -66,6 +72,7 @@ class ManipulationContext:
     suite_seed: int
     load_view: Callable[[str, int], torch.Tensor] = field(repr=False)
     view_of: Callable[[Image.Image, str, int], torch.Tensor] = field(repr=False)
+    split_sha256: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -182,10 +189,17 @@ class Manipulation:
 def get_manipulation(name: str, **params: Any) -> Manipulation:
     """The registered manipulation ``name``; ``params`` override its defaults.
 
+    ``name`` may carry a label, ``<registered name>.<label>`` (``edit_pairs.blue-body``): the same
+    manipulation under a name of its own, so that a suite can list one kind several times with
+    different params (one edit-pair dataset per prompt) and each gets its own task ids and data.
     Unknown names raise :class:`UnknownNameError`; unknown parameter names or values that are not
     allowed raise :class:`FeatbenchError`.
     """
-    entry = _REGISTRY.lookup(name)
+    base, dot, label = name.partition(".")
+    if dot and not LABEL_PATTERN.fullmatch(label):
+        raise ManipulationParamError(f"manipulation {name!r}: the label after the dot must be letters, digits, "
+                                     "'-' and '_' (as in edit_pairs.blue-body)")
+    entry = _REGISTRY.lookup(base)
     unknown = sorted(set(params) - set(entry.defaults))
     if unknown:
         allowed = ", ".join(entry.defaults) or "none"
@@ -233,6 +247,8 @@ def register_manipulation(
     """
     if category not in CATEGORIES:
         raise ManipulationParamError(f"unknown category {category!r}; allowed: {', '.join(CATEGORIES)}")
+    if "." in name:
+        raise ManipulationParamError(f"manipulation {name!r}: a registered name has no '.' (it starts a label)")
     if (category == "geometric") != (grid_fn is not None):
         raise ManipulationParamError(
             f"manipulation {name!r}: grid_fn is required for geometric manipulations and only for them"

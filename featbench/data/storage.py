@@ -425,7 +425,7 @@ class _SplitViews:
 
     def context(self, ids: list[str], view_ix: list[int]) -> ManipulationContext:
         return ManipulationContext(ids, view_ix, self.split, tuple(self.records), self.suite.seed,
-                                   self.load_view, self.view_of)
+                                   self.load_view, self.view_of, {i: r.sha256 for i, r in self.records.items()})
 
 
 def decode_chunk(suite: Suite, source: ImageSource, bb: Backbone, chunk: Chunk) -> Decoded:

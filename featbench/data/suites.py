@@ -282,6 +282,17 @@ def _check_layers(suite: Suite) -> Suite:
     return suite
 
 
+def _check_unique_manipulations(suite: Suite) -> Suite:
+    names = [m.name for m in suite.manipulations]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        base = twice[0].partition(".")[0]
+        raise FeatbenchError(f"suite {suite.name} lists the manipulation {twice[0]!r} {names.count(twice[0])} times, so "
+                             f"their tasks would share one id: give each a label of its own, {base}.LABEL (e.g. "
+                             f"{base}.blue-body)")
+    return suite
+
+
 TEST_TARGETS = ("published", "hidden")
 # semantic: FeatMap's class scores beside top1_agree (backbones with a head); changed_region: the
 # map scores restricted to the positions an edit changed (local and semantic tasks).
@@ -304,7 +315,7 @@ def _test_targets(value: Any, path: Path) -> str:
 def _suite_from_yaml(path: Path) -> Suite:
     raw = yaml.safe_load(path.read_text())
     try:
-        return _check_layers(Suite(
+        return _check_layers(_check_unique_manipulations(Suite(
             name=raw["name"], version=int(raw["version"]), description=raw.get("description", ""),
             seed=int(raw.get("seed", 0)), images=raw["images"], n_test=int(raw["split"]["n_test"]),
             views={"train": int(raw["views"]["train"]), "test": int(raw["views"]["test"])},
@@ -314,7 +325,7 @@ def _suite_from_yaml(path: Path) -> Suite:
             run_defaults=dict(raw.get("run_defaults", {})), invert=dict(raw.get("invert") or {}),
             test_targets=_test_targets(raw.get("test_targets", "published"), path),
             extra_scores=_extra_scores(raw.get("scores", []), path),
-        ))
+        )))
     except FeatbenchError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -1,14 +1,16 @@
-"""Stage 1, the models featbench reads features with: pinned weight assets (`assets`, from PyPI
-or the hub), their conversions to timm / torchvision layouts (`conversions`), and the backbone
-registry with layers, preprocessing and tails (`backbones`)."""
+"""Stage 1, the models featbench reads features with (and edits images with): pinned weight assets
+(`assets`, from PyPI or the hub), their conversions to timm / torchvision layouts (`conversions`),
+the backbone registry with layers, preprocessing and tails (`backbones`), and the generative image
+editors that make semantic edits (`editors`)."""
 
 from featbench.zoo.assets import Asset, get_asset, load_asset, register_asset
 from featbench.zoo.backbones import (BACKBONES, Backbone, BackboneSpec, Preprocessing, WeightsSource,
                                      backbone_fingerprint, list_backbones, load_backbone, register_backbone,
                                      weights_source)
+from featbench.zoo.editors import EDITORS, Editor, EditorPreset, load_editor, register_editor
 
 __all__ = [
     "Asset", "BACKBONES", "Backbone", "BackboneSpec", "Preprocessing", "backbone_fingerprint", "get_asset",
     "list_backbones", "load_asset", "load_backbone", "register_asset", "register_backbone", "WeightsSource",
-    "weights_source",
+    "weights_source", "EDITORS", "Editor", "EditorPreset", "load_editor", "register_editor",
 ]
