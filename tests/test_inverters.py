@@ -240,8 +240,8 @@ def test_invert_track_result_validates_with_reference_points(suite, in_suite_cac
 
 def test_mean_image_inverter_scores_its_reference_point(suite, in_suite_cache, tmp_path):
     rec = evaluate_invert_task(MeanImage, suite, suite.get_task(TASK), CFG)
-    assert rec["status"] == "ok"
-    assert rec["metrics"] == rec["reference_points"]["mean"] == rec["reference_points"]["unconditional"]
+    assert rec.status == "ok"
+    assert rec.metrics == rec.reference_points["mean"] == rec.reference_points["unconditional"]
 
 
 class _Bad(fb.Inverter):
@@ -278,7 +278,7 @@ def test_other_resolutions_are_resized_to_the_scored_size(suite, in_suite_cache)
         resolution = 48
 
     rec = evaluate_invert_task(Big, suite, suite.get_task(TASK), CFG)
-    assert rec["status"] == "ok" and any("48 px resized to 32 px" in n for n in rec["notes"])
+    assert rec.status == "ok" and any("48 px resized to 32 px" in n for n in rec.notes)
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -317,12 +317,13 @@ def test_run_scores_the_trained_checkpoint_as_it_is(suite, in_suite_cache, tmp_p
                         directory=directory, max_steps=3)
     before = read_record(directory)["latest"]
     rec = evaluate_invert_task(TinyDecoder, suite, task, CFG)
-    assert rec["status"] == "ok"
-    assert {"steps: 3/4", "stopped_by: already trained", f"weights_sha256: {before['sha256']}"} <= set(rec["notes"])
+    assert rec.status == "ok"
+    assert rec.provenance == {"threads": rec.provenance["threads"], "steps": "3/4", "stopped_by": "already trained",
+                              "weights_sha256": before["sha256"]}
     assert read_record(directory)["latest"] == before
     shutil.rmtree(directory)
     rec = evaluate_invert_task(TinyDecoder, suite, task, CFG)
-    assert rec["status"] == "ok" and "steps: 4/4" in rec["notes"] and "stopped_by: max_steps" in rec["notes"]
+    assert rec.status == "ok" and rec.provenance["steps"] == "4/4" and rec.provenance["stopped_by"] == "max_steps"
     assert read_record(directory)["latest"]["step"] == 4
 
 
@@ -366,4 +367,4 @@ def test_readme_example_inverter_runs(suite, in_suite_cache, tmp_path):
     (tmp_path / "my_inverter.py").write_text(code)
     rec = evaluate_invert_task(resolve_inverter(f"{tmp_path / 'my_inverter.py'}:MeanImage"), suite,
                                suite.get_task(TASK), CFG)
-    assert rec["status"] == "ok" and rec["metrics"] == rec["reference_points"]["mean"]
+    assert rec.status == "ok" and rec.metrics == rec.reference_points["mean"]
