@@ -181,6 +181,25 @@ def _synthetic(n: int = 12, c: int = 8, h: int = 4, r: int = 32) -> InvertData:
                       [f"i{i}" for i in range(n)], [0] * n)
 
 
+def test_map_and_invert_data_batch_and_split_alike():
+    n, info = 12, _synthetic().info
+    x = torch.arange(n).float().view(n, 1, 1, 1).expand(n, *info.shape)  # each row's maps: its index
+    ids = [f"i{i // 2}" for i in range(n)]  # two views of each image
+    inv = InvertData(info, x, _synthetic(n).images, ids, [i % 2 for i in range(n)])
+    maps = fb.MapData(fb.TaskInfo("t", "bb", "l", info.shape, None, fb.get_manipulation("noise40"), 0, None),
+                      x, x + 1, ids)
+    assert [len(b) for b, _ in inv.batches(5)] == [5, 5, 2] and torch.equal(next(maps.batches(5))[0], x[:5])
+    shuffled = [(data.batches(5, shuffle=True, generator=torch.Generator().manual_seed(0))) for data in (maps, inv)]
+    for (mx, my), (ix, images) in zip(*shuffled, strict=True):
+        rows = mx[:, 0, 0, 0].long()
+        assert torch.equal(mx, ix) and torch.equal(my, mx + 1) and torch.equal(images, inv.images[rows])
+    assert not torch.equal(rows, torch.arange(10, 12))  # shuffled
+    (map_fit, map_val), (inv_fit, inv_val) = maps.split(0.25, seed=3), inv.split(0.25, seed=3)
+    assert map_val.image_ids == inv_val.image_ids and torch.equal(map_val.x, inv_val.x) and len(inv_val) == 4
+    assert not set(inv_val.image_ids) & set(inv_fit.image_ids) and len(map_fit) == 8  # whole images held out
+    assert inv_val.views == [0, 1, 0, 1]
+
+
 def test_resumed_training_ends_at_the_same_weights(tmp_path):
     torch.set_num_threads(1)
     data = _synthetic()
