@@ -20,8 +20,8 @@ from featbench.interfaces.checkpoints import CheckpointError, read_record
 from featbench.scoring.map_track import evaluate_map_task, run_map_track
 from featbench.scoring.isolation import Isolation
 NO_ISOLATION = Isolation("none")  # these tests are about image scores, in-process
-from featbench.core.results import TaskRecord
-from featbench.scoring.runner import Models, RunConfig
+from featbench.core.results import IMAGE_SCORES_KEYS, TaskRecord
+from featbench.scoring.runner import Models, RunConfig, new_task_record
 from featbench.scoring.invert_track import train_inverter
 from featbench.core.plugins import resolve_model
 from featbench.core.paths import cache_dir
@@ -171,9 +171,11 @@ def test_manipulated_images_are_the_manipulation_of_the_test_view(suites, in_cac
     suite, _ = suites
     task = suite.get_task(f"{PINNED}/rot90")
     data = fb.load_task(suite, task)
-    notes = []
-    scorer = image_scores.for_task(suite, task, data, Models(), CFG, notes)
-    assert notes == [scorer.note]
+    record = new_task_record(task, data, CFG)
+    scorer = image_scores.for_task(suite, task, data, Models(), CFG, record)
+    assert {k: record.provenance[k] for k in IMAGE_SCORES_KEYS} == {
+        "image_scores n_images": "2", "image_scores resolution": "32", "image_scores inverter": PRESET,
+        "image_scores checkpoint_sha256": scorer.checkpoint_sha256}
     assert scorer.rows == image_scores.subset(len(data.test), 2, suite.seed) == [0, 1]
     originals, manipulated = scorer.originals(), scorer.manipulated
     assert manipulated.dtype == torch.uint8 and manipulated.shape == (2, 3, 32, 32)
