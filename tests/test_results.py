@@ -177,10 +177,10 @@ def test_environment_and_git_commit():
 def test_a_task_record_writes_its_provenance_and_keeps_its_notes(tmp_path):
     record = TaskRecord.from_dict(_task())
     record.record("ridge", 0.1)
-    record.record("isolation limits", "wall 60 s", note="limits: wall 60 s")
+    record.record("isolation limits", "wall 60 s")
     written = record.to_dict()
     assert written["provenance"] == {"ridge": "0.1", "isolation limits": "wall 60 s"}
-    assert written["notes"] == ["prefix carried over from the source", "ridge: 0.1", "limits: wall 60 s"]
+    assert written["notes"] == ["prefix carried over from the source", "ridge: 0.1", "isolation limits: wall 60 s"]
     assert "reason" not in written and "n_params" not in written  # optional fields unset: left out
     write_result(tmp_path / "r.json", _record(tasks=[written]))
     assert TaskRecord.from_dict(read_result(tmp_path / "r.json")["tasks"][0]) == record

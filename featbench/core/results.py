@@ -4,6 +4,7 @@ The schema is ``featbench/core/schema/result.schema.json`` (JSON Schema draft 20
 *sealed* by its ``record_sha256``: the sha256 of `featbench.core.hashing.canonical_json` of the record
 without that field, so any edit after writing (a hand-tuned number) is detected on reading.
 Only `write_result` puts result files on disk: it validates, seals and replaces atomically.
+`TaskRecord` is one task's record, as the tracks fill it in and as it is read back.
 """
 
 from __future__ import annotations
@@ -153,10 +154,10 @@ class TaskRecord:
     provenance: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def record(self, key: str, value: Any, note: str | None = None) -> None:
-        """Set a provenance value, with its note for people (default ``key: value``)."""
+    def record(self, key: str, value: Any) -> None:
+        """Set a provenance value, with its note for people (``key: value``)."""
         self.provenance[key] = str(value)
-        self.notes.append(f"{key}: {value}" if note is None else note)
+        self.notes.append(f"{key}: {value}")
 
     def fail(self, reason: str, details: str) -> "TaskRecord":
         self.status, self.reason = "failed", reason
