@@ -74,7 +74,8 @@ IMAGE_CACHE_VERSION = 1
 METRICS = ("lpips_vs_manipulated", "lpips_vs_inverted_target", "ssim_vs_manipulated", "ssim_vs_inverted_target")
 
 
-UNAVAILABLE = "image scores unavailable"  # the provenance key of a task scored at map level for want of its pinned checkpoint
+# The provenance key of a task scored at map level for want of its pinned checkpoint (its value: why).
+UNAVAILABLE = "image scores unavailable"
 
 
 class MissingCheckpointError(CheckpointError):

@@ -1,7 +1,7 @@
 """What every track's run shares: its settings, the fit's time budget, seeding, the models loaded
-once per run, the task record (`featbench.core.results.TaskRecord`), the model's identity, and the run loop that writes
-the result file after every task (so an interrupted run resumes). The tracks themselves are
-`featbench.scoring.map_track` and `featbench.scoring.invert_track`.
+once per run, a new task record (`featbench.core.results.TaskRecord`), the model's identity, and
+the run loop that writes the result file after every task (so an interrupted run resumes). The
+tracks themselves are `featbench.scoring.map_track` and `featbench.scoring.invert_track`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from featbench.core.cache import cached_tensor
 from featbench.core.errors import FeatbenchError
 from featbench.core.paths import cache_dir
 from featbench.core.plugins import source_sha256
-from featbench.core.results import (RESULT_SCHEMA_VERSION, ResultError, check_writable, environment_info, git_commit,
-                                    read_result, run_identity, TaskRecord, write_result)
+from featbench.core.results import (RESULT_SCHEMA_VERSION, ResultError, TaskRecord, check_writable, environment_info,
+                                    git_commit, read_result, run_identity, write_result)
 from featbench.data.storage import TaskData, load_task
 from featbench.data.suites import Suite, Task
 from featbench.scoring.isolation import Isolation
@@ -239,9 +239,9 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], Task
             todo.append(task)
 
     def lost(task: Task, reason: str) -> TaskRecord:
-        record = new_task_record(task, load_task(suite, task), cfg)
-        record.status, record.reason = "failed", reason
-        return record
+        failed = new_task_record(task, load_task(suite, task), cfg)
+        failed.status, failed.reason = "failed", reason
+        return failed
 
     def save() -> dict[str, Any]:
         record["duration_s"] = round(previous_duration + time.perf_counter() - run_start, 3)
