@@ -20,7 +20,8 @@ from featbench.interfaces.checkpoints import CheckpointError, read_record
 from featbench.scoring.map_track import evaluate_map_task, run_map_track
 from featbench.scoring.isolation import Isolation
 NO_ISOLATION = Isolation("none")  # these tests are about image scores, in-process
-from featbench.scoring.runner import Models, RunConfig, noted
+from featbench.core.results import IMAGE_SCORES_KEYS, TaskRecord
+from featbench.scoring.runner import Models, RunConfig, new_task_record
 from featbench.scoring.invert_track import train_inverter
 from featbench.core.plugins import resolve_model
 from featbench.core.paths import cache_dir
@@ -157,22 +158,24 @@ def test_oracle_mapper_scores_zero_lpips_to_the_inverted_target(suites, in_cache
     suite, _ = suites
     monkeypatch.setenv("ORACLE_SUITE", str(suite.path))
     rec = evaluate_map_task(Oracle, suite, suite.get_task(f"{PINNED}/noise40"), CFG)
-    assert rec["status"] == "ok", rec.get("reason")
-    m = rec["metrics"]
+    assert rec.status == "ok", rec.reason
+    m = rec.metrics
     assert m["lpips_vs_inverted_target"] == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}
     assert m["ssim_vs_inverted_target"]["value"] == pytest.approx(1.0)
     assert m["lpips_vs_manipulated"]["value"] > 0  # a 2-step decoder is far from the real image
     # The identity reference point (P = X) does not reconstruct the manipulated target's inversion.
-    assert rec["reference_points"]["identity"]["lpips_vs_inverted_target"]["value"] > 0
+    assert rec.reference_points["identity"]["lpips_vs_inverted_target"]["value"] > 0
 
 
 def test_manipulated_images_are_the_manipulation_of_the_test_view(suites, in_cache):
     suite, _ = suites
     task = suite.get_task(f"{PINNED}/rot90")
     data = fb.load_task(suite, task)
-    notes = []
-    scorer = image_scores.for_task(suite, task, data, Models(), CFG, notes)
-    assert notes == [scorer.note]
+    record = new_task_record(task, data, CFG)
+    scorer = image_scores.for_task(suite, task, data, Models(), CFG, record)
+    assert {k: record.provenance[k] for k in IMAGE_SCORES_KEYS} == {
+        "image_scores n_images": "2", "image_scores resolution": "32", "image_scores inverter": PRESET,
+        "image_scores checkpoint_sha256": scorer.checkpoint_sha256}
     assert scorer.rows == image_scores.subset(len(data.test), 2, suite.seed) == [0, 1]
     originals, manipulated = scorer.originals(), scorer.manipulated
     assert manipulated.dtype == torch.uint8 and manipulated.shape == (2, 3, 32, 32)
@@ -192,10 +195,10 @@ def test_missing_checkpoint_scores_at_map_level_with_a_note_unless_required(suit
             f"--preset {PRESET}")
     with pytest.warns(UserWarning, match=f"image scores unavailable for {TINY_VIT}/blocks.1"):
         rec = evaluate_map_task(resolve_model("identity"), other, other.get_task(task), CFG)
-    assert rec["status"] == "ok", rec.get("reason")
-    assert {"r2", "emb_cos"} <= set(rec["metrics"]) and not set(image_scores.METRICS) & set(rec["metrics"])
-    assert not set(image_scores.METRICS) & set(rec["reference_points"]["identity"])
-    (why,) = noted(rec, image_scores.UNAVAILABLE)  # which pin, the command, and that a new one will not match it
+    assert rec.status == "ok", rec.reason
+    assert {"r2", "emb_cos"} <= set(rec.metrics) and not set(image_scores.METRICS) & set(rec.metrics)
+    assert not set(image_scores.METRICS) & set(rec.reference_points["identity"])
+    why = rec.provenance[image_scores.UNAVAILABLE]  # which pin, the command, and that a new one will not match it
     assert sha in why and want in why and "sha256 will differ" in why and "map level only" in why
     # Asked for explicitly, it is an error naming the command.
     with pytest.raises(image_scores.MissingCheckpointError) as err:
@@ -209,7 +212,7 @@ def test_missing_checkpoint_scores_at_map_level_with_a_note_unless_required(suit
         assert main(base + ["--out", str(tmp_path / "id.json")]) == 0
     result = json.loads((tmp_path / "id.json").read_text())
     validate_result(result)
-    assert noted(result["tasks"][0], image_scores.UNAVAILABLE) == [why]
+    assert result["tasks"][0]["provenance"][image_scores.UNAVAILABLE] == why
 
 
 def test_a_map_level_record_is_kept_while_the_checkpoint_is_wanting(suites, in_cache, tmp_path):
@@ -219,8 +222,8 @@ def test_a_map_level_record_is_kept_while_the_checkpoint_is_wanting(suites, in_c
     out, tasks = tmp_path / "id.json", wrong.select(f"{PINNED}/noise40")
     with pytest.warns(UserWarning, match="is not the one suite tiny-test pins"):
         first = run_map_track(resolve_model("identity"), wrong, tasks, out, CFG, progress=False)
-    (rec,) = first["tasks"]
-    assert rec["status"] == "ok" and noted(rec, image_scores.UNAVAILABLE)
+    rec = TaskRecord.from_dict(first["tasks"][0])
+    assert rec.status == "ok" and rec.provenance[image_scores.UNAVAILABLE]
     second = run_map_track(resolve_model("identity"), wrong, tasks, out, CFG, progress=False)
     assert second["tasks"] == first["tasks"]  # resumed: kept, not scored again
     # Where the pinned checkpoint is at hand (the suite that pins the trained one), it is scored again.
@@ -235,7 +238,8 @@ def test_featbench_v1_records_stay_current_without_its_lost_decoders(private_cac
     root = Path(__file__).resolve().parents[1] / "leaderboard" / "featbench-v1" / "results"
     result = json.loads((root / "linear.json").read_text())
     last = [t for t in result["tasks"] if (t["backbone"], t["layer"]) in image_scores.pins(v1)]
-    assert len(last) == 24 and all(image_scores.record_is_current(v1, v1.get_task(t["task_id"]), t) for t in last)
+    assert len(last) == 24 and all(image_scores.record_is_current(v1, v1.get_task(t["task_id"]), TaskRecord.from_dict(t))
+                                 for t in last)
 
 
 def test_other_or_tampered_checkpoint_is_refused(suites, in_cache):
@@ -319,8 +323,8 @@ def test_published_folder_carries_the_pinned_checkpoint(suites, in_cache, tmp_pa
     fresh_cache("fresh")
     assert f"inverter {TINY_CNN}/blocks.3/decoder" in install_published(tmp_path / "pub", suite)
     rec = evaluate_map_task(resolve_model("identity"), suite, suite.get_task(f"{PINNED}/noise40"), CFG)
-    assert rec["status"] == "ok", rec.get("reason")
-    _assert_image_scores(rec["metrics"])
+    assert rec.status == "ok", rec.reason
+    _assert_image_scores(rec.metrics)
     # A published checkpoint that does not hash to its pin is refused, and nothing is installed for it.
     weights = next(published.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-1] + b"!")
@@ -341,9 +345,9 @@ def test_vit_layer_with_class_token_prefix(suites, in_cache):
     vit = _with_pins(suite, "vit-ok", [{"backbone": TINY_VIT, "layer": "blocks.1", "inverter": preset,
                                         "checkpoint_sha256": report.weights_sha256, "n_images": 2}])
     rec = evaluate_map_task(resolve_model("linear"), vit, vit.get_task(f"map/{TINY_VIT}/blocks.1/rot90"), CFG)
-    assert rec["status"] == "ok", rec.get("reason")
-    _assert_image_scores(rec["metrics"])
-    _assert_image_scores(rec["reference_points"]["spatial"])
+    assert rec.status == "ok", rec.reason
+    _assert_image_scores(rec.metrics)
+    _assert_image_scores(rec.reference_points["spatial"])
 
 
 # -- checkpoints shipped with the suite ------------------------------------------------------------
@@ -392,9 +396,13 @@ def test_a_suite_shipping_its_checkpoint_scores_on_a_fresh_cache(suites, shippin
     fb.build_suite(suite, batch_size=8, progress=False)
     task = suite.get_task(f"{PINNED}/noise40")
     rec = evaluate_map_task(resolve_model("identity"), suite, task, CFG)
-    assert rec["status"] == "ok", rec.get("reason")
-    _assert_image_scores(rec["metrics"])
-    assert any(f"sha256 {sha[:12]}" in n for n in rec["notes"]) and not recwarn.list
+    assert rec.status == "ok", rec.reason
+    _assert_image_scores(rec.metrics)
+    assert rec.provenance["image_scores checkpoint_sha256"] == sha and not recwarn.list
+    # The same record as schema 1.1 wrote it (its provenance in its notes only) is as current.
+    legacy = TaskRecord.from_dict({k: v for k, v in rec.to_dict().items() if k != "provenance"})
+    assert legacy.provenance == rec.provenance | {"image_scores checkpoint_sha256": sha[:12]}
+    assert image_scores.record_is_current(suite, task, rec) and image_scores.record_is_current(suite, task, legacy)
     installed = fresh / "inverters" / "tiny-test" / TINY_CNN / "blocks.3" / "decoder"
     assert read_record(installed)["latest"]["sha256"] == sha
     # A weights-only checkpoint loads as it is and is never trained further.
@@ -405,7 +413,7 @@ def test_a_suite_shipping_its_checkpoint_scores_on_a_fresh_cache(suites, shippin
     shutil.copytree(trained, installed)
     with pytest.warns(UserWarning, match="held another checkpoint.*moved it to"):
         again = evaluate_map_task(resolve_model("identity"), suite, task, CFG)
-    assert again["metrics"] == rec["metrics"]
+    assert again.metrics == rec.metrics
     aside = installed.with_name(f"decoder.replaced-{original_sha[:12]}")
     assert read_record(aside)["latest"]["sha256"] == original_sha
     assert read_record(installed)["latest"]["sha256"] == sha

@@ -181,6 +181,25 @@ def _synthetic(n: int = 12, c: int = 8, h: int = 4, r: int = 32) -> InvertData:
                       [f"i{i}" for i in range(n)], [0] * n)
 
 
+def test_map_and_invert_data_batch_and_split_alike():
+    n, info = 12, _synthetic().info
+    x = torch.arange(n).float().view(n, 1, 1, 1).expand(n, *info.shape)  # each row's maps: its index
+    ids = [f"i{i // 2}" for i in range(n)]  # two views of each image
+    inv = InvertData(info, x, _synthetic(n).images, ids, [i % 2 for i in range(n)])
+    maps = fb.MapData(fb.TaskInfo("t", "bb", "l", info.shape, None, fb.get_manipulation("noise40"), 0, None),
+                      x, x + 1, ids)
+    assert [len(b) for b, _ in inv.batches(5)] == [5, 5, 2] and torch.equal(next(maps.batches(5))[0], x[:5])
+    shuffled = [(data.batches(5, shuffle=True, generator=torch.Generator().manual_seed(0))) for data in (maps, inv)]
+    for (mx, my), (ix, images) in zip(*shuffled, strict=True):
+        rows = mx[:, 0, 0, 0].long()
+        assert torch.equal(mx, ix) and torch.equal(my, mx + 1) and torch.equal(images, inv.images[rows])
+    assert not torch.equal(rows, torch.arange(10, 12))  # shuffled
+    (map_fit, map_val), (inv_fit, inv_val) = maps.split(0.25, seed=3), inv.split(0.25, seed=3)
+    assert map_val.image_ids == inv_val.image_ids and torch.equal(map_val.x, inv_val.x) and len(inv_val) == 4
+    assert not set(inv_val.image_ids) & set(inv_fit.image_ids) and len(map_fit) == 8  # whole images held out
+    assert inv_val.views == [0, 1, 0, 1]
+
+
 def test_resumed_training_ends_at_the_same_weights(tmp_path):
     torch.set_num_threads(1)
     data = _synthetic()
@@ -240,8 +259,8 @@ def test_invert_track_result_validates_with_reference_points(suite, in_suite_cac
 
 def test_mean_image_inverter_scores_its_reference_point(suite, in_suite_cache, tmp_path):
     rec = evaluate_invert_task(MeanImage, suite, suite.get_task(TASK), CFG)
-    assert rec["status"] == "ok"
-    assert rec["metrics"] == rec["reference_points"]["mean"] == rec["reference_points"]["unconditional"]
+    assert rec.status == "ok"
+    assert rec.metrics == rec.reference_points["mean"] == rec.reference_points["unconditional"]
 
 
 class _Bad(fb.Inverter):
@@ -278,7 +297,7 @@ def test_other_resolutions_are_resized_to_the_scored_size(suite, in_suite_cache)
         resolution = 48
 
     rec = evaluate_invert_task(Big, suite, suite.get_task(TASK), CFG)
-    assert rec["status"] == "ok" and any("48 px resized to 32 px" in n for n in rec["notes"])
+    assert rec.status == "ok" and any("48 px resized to 32 px" in n for n in rec.notes)
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -317,12 +336,13 @@ def test_run_scores_the_trained_checkpoint_as_it_is(suite, in_suite_cache, tmp_p
                         directory=directory, max_steps=3)
     before = read_record(directory)["latest"]
     rec = evaluate_invert_task(TinyDecoder, suite, task, CFG)
-    assert rec["status"] == "ok"
-    assert {"steps: 3/4", "stopped_by: already trained", f"weights_sha256: {before['sha256']}"} <= set(rec["notes"])
+    assert rec.status == "ok"
+    assert rec.provenance == {"threads": rec.provenance["threads"], "steps": "3/4", "stopped_by": "already trained",
+                              "weights_sha256": before["sha256"]}
     assert read_record(directory)["latest"] == before
     shutil.rmtree(directory)
     rec = evaluate_invert_task(TinyDecoder, suite, task, CFG)
-    assert rec["status"] == "ok" and "steps: 4/4" in rec["notes"] and "stopped_by: max_steps" in rec["notes"]
+    assert rec.status == "ok" and rec.provenance["steps"] == "4/4" and rec.provenance["stopped_by"] == "max_steps"
     assert read_record(directory)["latest"]["step"] == 4
 
 
@@ -366,4 +386,4 @@ def test_readme_example_inverter_runs(suite, in_suite_cache, tmp_path):
     (tmp_path / "my_inverter.py").write_text(code)
     rec = evaluate_invert_task(resolve_inverter(f"{tmp_path / 'my_inverter.py'}:MeanImage"), suite,
                                suite.get_task(TASK), CFG)
-    assert rec["status"] == "ok" and rec["metrics"] == rec["reference_points"]["mean"]
+    assert rec.status == "ok" and rec.metrics == rec.reference_points["mean"]

@@ -14,13 +14,13 @@ import featbench as fb
 from featbench.core.errors import FeatbenchError
 from featbench.core.paths import cache_dir
 from featbench.core.plugins import load_object, resolve_model
-from featbench.core.results import read_result
+from featbench.core.results import RESULT_SCHEMA_VERSION, read_result
 from featbench.data.storage import load_task
 from featbench.scoring import isolation
 from featbench.scoring.run import model_factory
 from featbench.scoring.isolation import Isolation, pickled_factory, sandbox_problem
 from featbench.scoring.map_track import fit_and_predict_isolated, map_data, run_map_track, task_info
-from featbench.scoring.runner import RunConfig, new_task_record, noted
+from featbench.scoring.runner import RunConfig, new_task_record
 from tests.conftest import TINY_CNN, TINY_VIT
 
 ATTACKER = Path(__file__).resolve().parent / "attacker_submission.py"
@@ -50,8 +50,8 @@ def test_baselines_score_the_same_isolated_as_in_process(tiny_suite, tmp_path):
             assert isolated["metrics"][metric] == pytest.approx(score, abs=1e-6), metric
         assert isolated["linear_structure"] == pytest.approx(plain["linear_structure"], abs=1e-6)
         assert isolated["n_params"] == plain["n_params"]
-        assert float(noted(isolated, "isolation overhead_s")[0]) >= 0
-    assert read_result(tmp_path / "sandbox.json")["schema_version"] == "1.1"
+        assert float(isolated["provenance"]["isolation overhead_s"]) >= 0
+    assert read_result(tmp_path / "sandbox.json")["schema_version"] == RESULT_SCHEMA_VERSION
 
 
 def _attack(tiny_suite, mode: str):

@@ -108,10 +108,11 @@ def _forget_scores() -> None:
 
 
 def _untimed(result: dict) -> dict[str, dict]:
-    """Task records without their timings (fit_s, predict_per_s and isolation's overhead note)."""
+    """Task records without their timings (fit_s, predict_per_s and isolation's overhead)."""
     def untimed(t: dict) -> dict:
         out = {k: v for k, v in t.items() if k not in TIMING}
         out["notes"] = [n for n in t.get("notes", []) if not n.startswith("isolation overhead_s")]
+        out["provenance"] = {k: v for k, v in t.get("provenance", {}).items() if k != "isolation overhead_s"}
         return out
 
     return {t["task_id"]: untimed(t) for t in result["tasks"]}

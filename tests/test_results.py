@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -12,8 +13,8 @@ import pytest
 
 from featbench.scoring.metrics import Score
 from featbench.core.results import (
-    RESULT_SCHEMA_VERSION, ResultError, environment_info, git_commit, load_schema, read_result, result_path,
-    seal, validate_result, write_result,
+    RESULT_SCHEMA_VERSION, ResultError, TaskRecord, environment_info, git_commit, load_schema, read_result,
+    result_path, seal, validate_result, write_result,
 )
 
 HEX = "ab" * 32
@@ -171,3 +172,35 @@ def test_environment_and_git_commit():
     assert env["device"] == "cpu" and env["threads"] >= 1
     commit = git_commit()
     assert commit is None or re.fullmatch("[0-9a-f]{40}", commit)
+
+
+def test_a_task_record_writes_its_provenance_and_keeps_its_notes(tmp_path):
+    record = TaskRecord.from_dict(_task())
+    record.record("ridge", 0.1)
+    record.record("isolation limits", "wall 60 s")
+    written = record.to_dict()
+    assert written["provenance"] == {"ridge": "0.1", "isolation limits": "wall 60 s"}
+    assert written["notes"] == ["prefix carried over from the source", "ridge: 0.1", "isolation limits: wall 60 s"]
+    assert "reason" not in written and "n_params" not in written  # optional fields unset: left out
+    write_result(tmp_path / "r.json", _record(tasks=[written]))
+    assert TaskRecord.from_dict(read_result(tmp_path / "r.json")["tasks"][0]) == record
+
+
+def test_records_before_1_2_get_their_provenance_from_their_notes():
+    old = _task(notes=["threads: 2", "Traceback (most recent call last): ...", "ridge: 0.1", "stopped_by: time_budget",
+                       "image-level scores on 200 test images at 64 px, inverter decoder (checkpoint sha256 "
+                       "d18f05f2edd1…)", "the mapper predicts no class-token prefix: the source's prefix was carried over"])
+    record = TaskRecord.from_dict(old)
+    assert record.provenance == {
+        "threads": "2", "ridge": "0.1", "stopped_by": "time_budget", "image_scores n_images": "200",
+        "image_scores resolution": "64", "image_scores inverter": "decoder",
+        "image_scores checkpoint_sha256": "d18f05f2edd1"}
+    assert {k: v for k, v in record.to_dict().items() if k != "provenance"} == old  # nothing else changes
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "leaderboard").glob("*/results/*.json")),
+                         ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+def test_committed_results_read_as_task_records(path):
+    for task in read_result(path)["tasks"]:
+        record = TaskRecord.from_dict(task)
+        assert {k: v for k, v in record.to_dict().items() if k != "provenance"} == task

@@ -37,7 +37,7 @@ from featbench.core.plugins import resolve_model, source_sha256
 from featbench.scoring.isolation import Isolation
 from featbench.scoring.map_track import evaluate_map_task
 from featbench.scoring import image_scores
-from featbench.scoring.runner import Models, RunConfig, noted
+from featbench.scoring.runner import Models, RunConfig
 
 ATOL = 0.01
 RTOL = 0.02
@@ -129,20 +129,20 @@ def submit_check(path: str | Path, *, suite: Suite | str | None = None, model: s
         cfg = RunConfig(seed=record["seed"], n_boot=n_boot, time_budget_s=sub["time_budget_s"], isolation=isolation)
         again = evaluate_map_task(factory, suite, task, cfg, tails, references=False, mode=mode)
         report.checked.append(task.id)
-        if again["task_sha256"] != sub["task_sha256"]:
-            report.mismatches.append(f"{task.id}: the data here hash to {again['task_sha256'][:12]}, the submission's "
+        if again.task_sha256 != sub["task_sha256"]:
+            report.mismatches.append(f"{task.id}: the data here hash to {again.task_sha256[:12]}, the submission's "
                                      f"to {sub['task_sha256'][:12]} (other data; scores not compared)")
             continue
-        if again["status"] != "ok":
-            report.mismatches.append(f"{task.id}: failed here: {again.get('reason')}")
+        if again.status != "ok":
+            report.mismatches.append(f"{task.id}: failed here: {again.reason}")
             continue
-        unavailable = noted(again, image_scores.UNAVAILABLE)
+        unavailable = again.provenance.get(image_scores.UNAVAILABLE)
         if unavailable:
-            report.not_compared.append(f"{task.id} image-level scores: {unavailable[0]}")
+            report.not_compared.append(f"{task.id} image-level scores: {unavailable}")
         for metric, score in sorted(sub["metrics"].items()):
             if unavailable and metric in image_scores.METRICS:
                 continue
-            mine = again["metrics"].get(metric, {}).get("value")
+            mine = again.metrics.get(metric, {}).get("value")
             if not close(mine, score["value"], atol, rtol):
                 report.mismatches.append(f"{task.id} {metric}: submitted {score['value']}, here {mine} "
                                          f"(tolerance {atol} + {rtol} x |submitted|)")

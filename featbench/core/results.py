@@ -4,6 +4,7 @@ The schema is ``featbench/core/schema/result.schema.json`` (JSON Schema draft 20
 *sealed* by its ``record_sha256``: the sha256 of `featbench.core.hashing.canonical_json` of the record
 without that field, so any edit after writing (a hand-tuned number) is detected on reading.
 Only `write_result` puts result files on disk: it validates, seals and replaces atomically.
+`TaskRecord` is one task's record, as the tracks fill it in and as it is read back.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import platform
 import re
 import subprocess
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,7 +27,9 @@ from featbench.core.errors import FeatbenchError
 from featbench.core.hashing import sha256_json
 from featbench.core.paths import PACKAGE_DIR
 
-RESULT_SCHEMA_VERSION = "1.1"  # 1.1: task records say how they were scored ("scoring")
+# 1.1: task records say how they were scored ("scoring"); 1.2: and their provenance as named values
+# ("provenance"), which earlier versions wrote into their notes only (see `TaskRecord.from_dict`).
+RESULT_SCHEMA_VERSION = "1.2"
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "result.schema.json"
 HASH_FIELD = "record_sha256"
 # Enough problems to fix a file in one go, few enough to read.
@@ -95,6 +99,84 @@ def validate_result(obj: Any, where: str = "result") -> None:
     if obj[HASH_FIELD] != _record_sha256(obj):
         raise ResultError(f"{where}: record_sha256 does not match the record's content: "
                           "it was edited after it was written")
+
+
+# Before 1.2, provenance lived in notes of the form "key: value" with these keys ...
+_NOTED_KEYS = ("threads", "stopped_by", "ridge", "epochs", "steps", "sampler", "weights_sha256",
+               "isolation limits", "isolation overhead_s", "image scores unavailable")
+# ... and in the image-score note, which names a checkpoint by the first 12 digits of its sha256.
+_IMAGE_SCORES_NOTE = re.compile(r"image-level scores on (\d+) test images at (\d+) px, "
+                                r"inverter (.+) \(checkpoint sha256 ([0-9a-f]{12})…\)")
+IMAGE_SCORES_KEYS = ("image_scores n_images", "image_scores resolution", "image_scores inverter",
+                     "image_scores checkpoint_sha256")
+
+
+def _provenance_from_notes(notes: list[str]) -> dict[str, str]:
+    """A pre-1.2 task record's provenance, read back from its notes (the last note of a key wins)."""
+    provenance = {}
+    for text in notes:
+        key, sep, value = text.partition(": ")
+        if sep and key in _NOTED_KEYS:
+            provenance[key] = value
+        elif match := _IMAGE_SCORES_NOTE.fullmatch(text):
+            provenance |= dict(zip(IMAGE_SCORES_KEYS, match.groups()))
+    return provenance
+
+
+@dataclass
+class TaskRecord:
+    """One task's record in a result file: what the tracks fill in and `to_dict` writes.
+
+    ``provenance`` holds the named values that say how the task was scored (the threads, the
+    model's own account of its fit, the isolation limits, the image-score checkpoint ...), which
+    resumed runs check; ``notes`` are for people (each provenance value appears there as well, as
+    ``key: value``), and nothing reads them back.
+    """
+
+    task_id: str
+    task_version: int
+    task_sha256: str
+    category: str | None
+    backbone: str
+    layer: str
+    n_train: int
+    n_test: int
+    time_budget_s: float | None
+    status: str | None = None  # "ok" or "failed", once scored
+    reason: str | None = None  # why it failed
+    n_params: int | None = None
+    fit_s: float | None = None
+    predict_per_s: float | None = None
+    metrics: dict[str, dict] = field(default_factory=dict)
+    reference_points: dict[str, dict] = field(default_factory=dict)
+    linear_structure: dict[str, Any] | None = None
+    scoring: dict[str, str] | None = None
+    provenance: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def record(self, key: str, value: Any) -> None:
+        """Set a provenance value, with its note for people (``key: value``)."""
+        self.provenance[key] = str(value)
+        self.notes.append(f"{key}: {value}")
+
+    def fail(self, reason: str, details: str) -> "TaskRecord":
+        self.status, self.reason = "failed", reason
+        self.notes.append(details)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a result file holds it (optional fields left out where unset)."""
+        optional = ("reason", "n_params", "linear_structure", "scoring")
+        return {k: v for k, v in asdict(self).items() if not (k in optional and v is None)}
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> "TaskRecord":
+        """A task record as read from a result file of any schema version; one written before 1.2
+        gets the provenance its notes gave."""
+        record = cls(**obj)
+        if "provenance" not in obj:
+            record.provenance = _provenance_from_notes(record.notes)
+        return record
 
 
 def _reject_constant(name: str) -> None:

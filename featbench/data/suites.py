@@ -313,7 +313,10 @@ def _test_targets(value: Any, path: Path) -> str:
 
 
 def _suite_from_yaml(path: Path) -> Suite:
-    raw = yaml.safe_load(path.read_text())
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise FeatbenchError(f"suite file {path} is not valid YAML: {exc}") from exc
     try:
         return _check_layers(_check_unique_manipulations(Suite(
             name=raw["name"], version=int(raw["version"]), description=raw.get("description", ""),

@@ -1,5 +1,6 @@
 """Stage 3, what a submission is written against: `Mapper` and the `MapData` / `TaskInfo` it is
-fitted on (`mapper`), `Inverter` and `InvertData` / `InvertInfo` (`inverter`), and resumable,
+fitted on (`mapper`), `Inverter` and `InvertData` / `InvertInfo` (`inverter`), the batches and
+split by image that both data types share (`pairs`), and resumable,
 hash-checked training checkpoints for inverters trained ahead of a run (`checkpoints`)."""
 
 from featbench.data.targets import network_input, resize_images

@@ -30,14 +30,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ClassVar
 
 import torch
 
 from featbench.core.errors import DataError
 from featbench.core.paths import cache_dir
 from featbench.core.plugins import INVERTERS, registered_models, resolve_model
-from featbench.interfaces.mapper import split_by_image
+from featbench.interfaces.pairs import Pairs
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class InvertInfo:
 
 
 @dataclass
-class InvertData:
+class InvertData(Pairs):
     """Training pairs: maps x (N×C×h×w float32) and their images (N×3×R×R float32 in [0, 1]).
 
     For ViTs, x_prefix holds the class-token prefix (N×C×k). `batches` yields mini-batches of
@@ -75,6 +75,7 @@ class InvertData:
     manipulations: tuple[str, ...] = ()  # the names `with_manipulation` accepts
     # name → the pairs under that manipulation (the evaluator sets it; `with_manipulation` calls it)
     manipulated_loader: Callable[[str], "InvertData"] | None = field(default=None, repr=False, compare=False)
+    target_field: ClassVar[str] = "images"
 
     def with_manipulation(self, name: str) -> "InvertData":
         """The same training images under the suite's manipulation `name` (``hflip``, ``hue60``...):
@@ -85,30 +86,15 @@ class InvertData:
                             f"these data offer {list(self.manipulations) or 'none'}")
         return self.manipulated_loader(name)
 
-    def __len__(self) -> int:
-        return len(self.x)
-
     @property
     def resolution(self) -> int:
         return int(self.images.shape[-1])
-
-    def batches(self, batch_size: int, shuffle: bool = False,
-                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
-        for i in range(0, len(self), batch_size):
-            idx = order[i:i + batch_size]
-            yield self.x[idx], self.images[idx]
 
     def subset(self, index: torch.Tensor) -> "InvertData":
         # Without manipulated pairs: they cover every training image, held-out ones included.
         rows = index.tolist()
         return InvertData(self.info, self.x[index], self.images[index], [self.image_ids[i] for i in rows],
                           [self.views[i] for i in rows], None if self.x_prefix is None else self.x_prefix[index])
-
-    def split(self, val_fraction: float = 0.05, seed: int = 0) -> tuple["InvertData", "InvertData"]:
-        """(train, validation), holding out whole images (all their views), chosen by `seed`."""
-        fit_rows, val_rows = split_by_image(self.image_ids, val_fraction, seed)
-        return self.subset(fit_rows), self.subset(val_rows)
 
 
 class Inverter:

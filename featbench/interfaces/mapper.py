@@ -22,20 +22,12 @@ same way (they are entry points of featbench itself).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 
 from featbench.data.manipulations import Manipulation
-
-def split_by_image(image_ids: list[str], val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row indices (kept, held out): a `val_fraction` of the images, all their views, chosen by `seed`."""
-    ids = sorted(set(image_ids))
-    g = torch.Generator().manual_seed(seed)
-    n_val = max(1, round(len(ids) * val_fraction))
-    held = {ids[i] for i in torch.randperm(len(ids), generator=g)[:n_val].tolist()}
-    is_val = torch.tensor([i in held for i in image_ids])
-    return torch.nonzero(~is_val).flatten(), torch.nonzero(is_val).flatten()
+from featbench.interfaces.pairs import Pairs
 
 
 @dataclass(frozen=True)
@@ -81,7 +73,7 @@ class TaskInfo:
 
 
 @dataclass
-class MapData:
+class MapData(Pairs):
     """Training pairs: x (source maps) and y (maps of the manipulated images), N×C×h×w float32.
 
     For ViTs, x_prefix / y_prefix hold the class-token prefix (N×C×k). Iterating yields (x, y)
@@ -94,29 +86,15 @@ class MapData:
     image_ids: list[str]
     x_prefix: torch.Tensor | None = None
     y_prefix: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.x)
+    target_field: ClassVar[str] = "y"
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return zip(self.x, self.y)
-
-    def batches(self, batch_size: int, shuffle: bool = False,
-                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
-        for i in range(0, len(self), batch_size):
-            idx = order[i:i + batch_size]
-            yield self.x[idx], self.y[idx]
 
     def subset(self, index: torch.Tensor) -> "MapData":
         pick = (lambda t: None if t is None else t[index])
         return MapData(self.info, self.x[index], self.y[index], [self.image_ids[i] for i in index.tolist()],
                        pick(self.x_prefix), pick(self.y_prefix))
-
-    def split(self, val_fraction: float = 0.05, seed: int = 0) -> tuple["MapData", "MapData"]:
-        """(train, validation), holding out whole images (all their views), chosen by `seed`."""
-        fit_rows, val_rows = split_by_image(self.image_ids, val_fraction, seed)
-        return self.subset(fit_rows), self.subset(val_rows)
 
 
 class Mapper:

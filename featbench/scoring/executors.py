@@ -22,15 +22,16 @@ from typing import Any, Callable, Iterator, Protocol
 from featbench.core.errors import FeatbenchError
 from featbench.core.paths import cache_dir
 from featbench.core.plugins import USER_MODULE_PREFIX
+from featbench.core.results import TaskRecord
 from featbench.data.suites import Task
 from featbench.zoo.backbones import BACKBONES, BackboneSpec, register_backbone
 
-Evaluate = Callable[[Task], dict[str, Any]]
-Lost = Callable[[Task, str], dict[str, Any]]
+Evaluate = Callable[[Task], TaskRecord]
+Lost = Callable[[Task, str], TaskRecord]
 
 
 class Executor(Protocol):
-    def map(self, evaluate: Evaluate, tasks: list[Task], lost: Lost) -> Iterator[tuple[Task, dict[str, Any]]]:
+    def map(self, evaluate: Evaluate, tasks: list[Task], lost: Lost) -> Iterator[tuple[Task, TaskRecord]]:
         """Each task's record from ``evaluate(task)``, as it completes (in any order); where the
         machine scoring a task is lost (not the model failing, which `evaluate` records),
         ``lost(task, reason)``'s failed record instead."""
@@ -40,7 +41,7 @@ class Executor(Protocol):
 class LocalExecutor:
     """Every task in this process, in order."""
 
-    def map(self, evaluate: Evaluate, tasks: list[Task], lost: Lost) -> Iterator[tuple[Task, dict[str, Any]]]:
+    def map(self, evaluate: Evaluate, tasks: list[Task], lost: Lost) -> Iterator[tuple[Task, TaskRecord]]:
         for task in tasks:
             yield task, evaluate(task)
 
@@ -60,7 +61,7 @@ class RayExecutor:
         self.max_retries = max_retries  # of a task whose worker died (Ray's own retry)
         self.nodes: dict[str, str] = {}  # task id → the id of the Ray node that scored it
 
-    def map(self, evaluate: Evaluate, tasks: list[Task], lost: Lost) -> Iterator[tuple[Task, dict[str, Any]]]:
+    def map(self, evaluate: Evaluate, tasks: list[Task], lost: Lost) -> Iterator[tuple[Task, TaskRecord]]:
         if not tasks:
             return
         ray = _connect(self.address)
@@ -118,7 +119,7 @@ def _connect(address: str | None) -> Any:
 
 
 def score_on_worker(evaluate: Evaluate, task: Task, threads: int,
-                    backbones: list[BackboneSpec]) -> tuple[dict[str, Any], str]:
+                    backbones: list[BackboneSpec]) -> tuple[TaskRecord, str]:
     """A Ray task: ``evaluate(task)`` with `threads` torch threads and the driver's `backbones`
     registered (a backbone registered at run time in the driver is unknown to a fresh worker);
     returns the record and the node's id."""

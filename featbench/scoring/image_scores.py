@@ -20,7 +20,7 @@ installed there first (`featbench.interfaces.checkpoints.install_checkpoint`: ch
 pin, a tampered file is an error; another checkpoint there is moved aside, with a warning), so a
 fresh clone scores in image space. Where the suite ships none and the cache lacks the pinned one
 (featbench-v1's decoders exist in no cache but their trainer's, and a retraining hashes
-differently), the task is scored at map level only, with a note (``image scores unavailable: ...``)
+differently), the task is scored at map level only, with that reason in its record (``image scores unavailable``)
 and a warning naming the pin and the command that trains a new one; with
 ``RunConfig.require_image_scores`` (``featbench run --require-image-scores``) it is an error
 (`MissingCheckpointError`) instead. Then, on a fixed subset of ``n_images`` test rows (drawn
@@ -58,6 +58,7 @@ import torch
 from featbench.core.cache import cached_json, cached_tensor
 from featbench.core.errors import FeatbenchError
 from featbench.core.hashing import sha256_json, sha256_tensors
+from featbench.core.results import IMAGE_SCORES_KEYS, TaskRecord
 from featbench.core.paths import cache_dir
 from featbench.data.images import seed_for
 from featbench.data.storage import column_tensor, load_task
@@ -66,14 +67,15 @@ from featbench.interfaces.checkpoints import CheckpointError, export_checkpoint,
 from featbench.interfaces.inverter import checkpoint_dir, resolve_inverter
 from featbench.scoring import metrics
 from featbench.scoring.invert_track import invert_all, invert_data, invert_info
-from featbench.scoring.runner import RunConfig, note, noted
+from featbench.scoring.runner import RunConfig
 
 # Bump when what is cached here changes meaning.
 IMAGE_CACHE_VERSION = 1
 METRICS = ("lpips_vs_manipulated", "lpips_vs_inverted_target", "ssim_vs_manipulated", "ssim_vs_inverted_target")
 
 
-UNAVAILABLE = "image scores unavailable"  # the note of a task scored at map level for want of its pinned checkpoint
+# The provenance key of a task scored at map level for want of its pinned checkpoint (its value: why).
+UNAVAILABLE = "image scores unavailable"
 
 
 class MissingCheckpointError(CheckpointError):
@@ -229,12 +231,6 @@ def _rows_of(ds, rows: list[int]) -> list[tuple[str, int]]:
 # --- the scorer --------------------------------------------------------------------------------
 
 
-def _note_parts(n_images: int, inverter: str, checkpoint_sha256: str) -> tuple[str, str]:
-    """The parts of a task record's image-score note that name the subset and the checkpoint
-    (`ImageScorer.note` writes them, `record_is_current` looks for them)."""
-    return f"on {n_images} test images", f"inverter {inverter} (checkpoint sha256 {checkpoint_sha256[:12]}…)"
-
-
 class ImageScorer:
     """Image-level scores of one map task's predictions (see the module docstring)."""
 
@@ -258,10 +254,12 @@ class ImageScorer:
         self.inverted_target = cached_tensor(_cache_path("inverted_target", self.target_key), self.target_key,
                                               lambda: self.invert_rows(y, y_prefix))
 
-    @property
-    def note(self) -> str:
-        subset, inverter = _note_parts(len(self.rows), self.pin.inverter, self.checkpoint_sha256)
-        return f"image-level scores {subset} at {self.resolution} px, {inverter}"
+    def record(self, record: TaskRecord) -> None:
+        """Put the subset and the checkpoint these scores are made with into `record`'s provenance."""
+        values = (len(self.rows), self.resolution, self.pin.inverter, self.checkpoint_sha256)
+        record.provenance |= {key: str(value) for key, value in zip(IMAGE_SCORES_KEYS, values)}
+        record.notes.append(f"image-level scores on {len(self.rows)} test images at {self.resolution} px, inverter "
+                            f"{self.pin.inverter} (checkpoint sha256 {self.checkpoint_sha256[:12]}…)")
 
     def invert_rows(self, maps: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
         """invert() of the subset's rows of `maps` (all test rows), as uint8 images N×3×R×R."""
@@ -312,26 +310,28 @@ def available(suite, pin: Pin) -> bool:
     return record is not None and record["latest"]["sha256"] == pin.checkpoint_sha256
 
 
-def record_is_current(suite, task, record: dict) -> bool:
+def record_is_current(suite, task, record: TaskRecord) -> bool:
     """Whether a map task's stored record has the image-level scores that `suite` asks for: none
     where it pins no inverter for the task's layer, those of the pinned checkpoint and subset where
-    it does, or none with the `UNAVAILABLE` note while that checkpoint is still not at hand. A
+    it does, or none with the `UNAVAILABLE` reason while that checkpoint is still not at hand. A
     resumed run rescores the tasks whose records are not (pinning a layer after results were made
     rescores that layer's tasks and keeps the others)."""
     pin = pins(suite).get((task.backbone, task.layer))
-    scored = set(METRICS) & set(record.get("metrics", {}))
+    scored = set(METRICS) & set(record.metrics)
     if pin is None or task.manipulation is None:
         return not scored
-    if noted(record, UNAVAILABLE):
+    if UNAVAILABLE in record.provenance:
         return not scored and not available(suite, pin)
-    marks = _note_parts(pin.n_images, pin.inverter, pin.checkpoint_sha256)
-    return scored == set(METRICS) and any(all(m in n for m in marks) for n in record.get("notes", []))
+    n_images, _, inverter, sha256 = (record.provenance.get(key) for key in IMAGE_SCORES_KEYS)
+    # A record written before schema 1.2 names the checkpoint by the first 12 digits of its sha256.
+    return (scored == set(METRICS) and n_images == str(pin.n_images) and inverter == pin.inverter
+            and sha256 is not None and len(sha256) >= 12 and pin.checkpoint_sha256.startswith(sha256))
 
 
-def for_task(suite, task, data, tails, cfg, notes: list[str]) -> ImageScorer | None:
-    """The image scorer of a map task whose (backbone, layer) the suite pins, its note added to
-    `notes`; None where the suite pins none. Where the pinned checkpoint is not at hand, None as
-    well, with the `UNAVAILABLE` note and a warning (once per pin), or, with
+def for_task(suite, task, data, tails, cfg, record: TaskRecord) -> ImageScorer | None:
+    """The image scorer of a map task whose (backbone, layer) the suite pins, its provenance put
+    into `record`; None where the suite pins none. Where the pinned checkpoint is not at hand, None
+    as well, with the `UNAVAILABLE` reason in `record` and a warning (once per pin), or, with
     ``cfg.require_image_scores``, `MissingCheckpointError` naming the train-inverter command. A
     damaged or tampered checkpoint is always a `CheckpointError`."""
     pin = pins(suite).get((task.backbone, task.layer))
@@ -342,9 +342,9 @@ def for_task(suite, task, data, tails, cfg, notes: list[str]) -> ImageScorer | N
     except MissingCheckpointError as exc:
         if cfg.require_image_scores:
             raise
-        notes.append(note(UNAVAILABLE, f"{exc}. This task is scored at map level only"))
+        record.record(UNAVAILABLE, f"{exc}. This task is scored at map level only")
         warnings.warn(f"featbench: {UNAVAILABLE} for {pin.backbone}/{pin.layer}: {exc}. Its tasks are scored at "
                       "map level only (`featbench run --require-image-scores` makes this an error)", stacklevel=2)
         return None
-    notes.append(scorer.note)
+    scorer.record(record)
     return scorer

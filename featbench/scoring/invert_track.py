@@ -47,6 +47,7 @@ from featbench.core.cache import cached_json
 from featbench.core.errors import FeatbenchError
 from featbench.core.hashing import sha256_json
 from featbench.core.paths import cache_dir
+from featbench.core.results import TaskRecord
 from featbench.data.images import seed_for
 from featbench.data.storage import TaskData, column_tensor, load_task
 from featbench.data.suites import Suite, Task
@@ -56,7 +57,7 @@ from featbench.interfaces.inverter import InvertData, InvertInfo, Inverter, chec
 from featbench.interfaces.mapper import with_prefix
 from featbench.scoring import metrics
 from featbench.scoring.executors import Executor
-from featbench.scoring.runner import (Models, RunConfig, model_identity, new_task_record, noted, record_description,
+from featbench.scoring.runner import (Models, RunConfig, model_identity, new_task_record, record_description,
                                       run_tasks, scoring_mode, seed_everything, timed_fit)
 
 INVERT_BATCH = 32
@@ -216,49 +217,46 @@ def _reference_points(suite: Suite, task: Task, data: TaskData, info: InvertInfo
 
 
 def evaluate_invert_task(factory: Callable[[], Inverter], suite: Suite, task: Task, cfg: RunConfig,
-                         models: Models | None = None, references: bool = True) -> dict[str, Any]:
+                         models: Models | None = None, references: bool = True) -> TaskRecord:
     """Fit and score one invert task; returns its task record (status "ok" or "failed")."""
     models = models or Models()
     data = load_task(suite, task)
     info = invert_info(suite, task, data, cfg)
-    record = new_task_record(task, data, cfg, notes=[
-        f"scored at {info.image_size} px; classifier {info.settings['classifier']}; "
-        "predict_per_s is reconstructed images per second"])
+    record = new_task_record(task, data, cfg)
+    record.notes.append(f"scored at {info.image_size} px; classifier {info.settings['classifier']}; "
+                        "predict_per_s is reconstructed images per second")
     # In-process: an inverter reads its checkpoints and other tasks' training pairs from the cache
     # (featbench.scoring.isolation covers the map track).
-    record["scoring"] = scoring_mode(suite, "none")
+    record.scoring = scoring_mode(suite, "none")
     if cfg.isolation.mode not in ("none", "auto"):
-        record["notes"].append(f"isolation {cfg.isolation.mode} asked for: the invert track runs in-process")
+        record.notes.append(f"isolation {cfg.isolation.mode} asked for: the invert track runs in-process")
     truth = _Truth(suite, task, data, info, models)
     if references:
-        record["reference_points"] = _reference_points(suite, task, data, info, truth, models, cfg)
+        record.reference_points = _reference_points(suite, task, data, info, truth, models, cfg)
     try:
         seed_everything(info.seed)
         inverter = factory()
         resolution = int(getattr(inverter, "resolution", None) or info.image_size)
         train = invert_data(suite, data, info, resolution, "train")
         test_prefix = column_tensor(data.test, "x_prefix")
-        record["fit_s"] = timed_fit(lambda: inverter.fit(train), cfg.time_budget_s)
+        record.fit_s = timed_fit(lambda: inverter.fit(train), cfg.time_budget_s)
         start = time.perf_counter()
         recon = invert_all(inverter, truth.x, test_prefix, resolution)
-        record["predict_per_s"] = round(len(recon) / max(time.perf_counter() - start, 1e-9), 3)
+        record.predict_per_s = round(len(recon) / max(time.perf_counter() - start, 1e-9), 3)
         unconditional = None
         if hasattr(inverter, "invert_unconditional"):
             with torch.inference_mode():
                 unconditional = check_images(inverter.invert_unconditional(len(recon)), len(recon), resolution)
     except Exception as exc:  # a bad submission fails its task, never the run
-        record["status"] = "failed"
-        record["reason"] = f"{type(exc).__name__}: {exc}"
-        record["notes"].append(traceback.format_exc(limit=3)[-2000:])
-        return record
+        return record.fail(f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=3)[-2000:])
     if resolution != info.image_size:
-        record["notes"].append(f"reconstructions at {resolution} px resized to {info.image_size} px (bicubic, antialiased)")
-    record["metrics"] = score_images(resize_images(recon, info.image_size).clamp(0, 1), truth, task, info, models, cfg)
+        record.notes.append(f"reconstructions at {resolution} px resized to {info.image_size} px (bicubic, antialiased)")
+    record.metrics = score_images(resize_images(recon, info.image_size).clamp(0, 1), truth, task, info, models, cfg)
     if unconditional is not None:
-        record["reference_points"]["unconditional"] = score_images(
+        record.reference_points["unconditional"] = score_images(
             resize_images(unconditional, info.image_size).clamp(0, 1), truth, task, info, models, cfg)
     record_description(record, inverter, ("steps", "stopped_by", "sampler", "weights_sha256"))
-    record["status"] = "ok"
+    record.status = "ok"
     return record
 
 
@@ -275,13 +273,13 @@ def run_invert_track(factory: Callable[[], Inverter], suite: Suite, tasks: list[
                      executor=executor)
 
 
-def scored_current_checkpoint(suite: Suite, task: Task, inverter: str, record: dict) -> bool:
+def scored_current_checkpoint(suite: Suite, task: Task, inverter: str, record: TaskRecord) -> bool:
     """Whether a kept task record still stands for the inverter's checkpoint in the cache: False
     when `train-inverter` has since left a checkpoint other than the one the record names (so a
     resumed run scores the new training); True when the record names none or no checkpoint is here."""
-    named = noted(record, "weights_sha256")
+    named = record.provenance.get("weights_sha256")
     latest = read_record(checkpoint_dir(suite.name, task.backbone, task.layer, inverter))
-    return not named or latest is None or latest["latest"]["sha256"] == named[-1]
+    return not named or latest is None or latest["latest"]["sha256"] == named
 
 
 # --- training ahead of a run -------------------------------------------------------------------

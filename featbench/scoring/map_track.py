@@ -38,13 +38,14 @@ from featbench.interfaces.mapper import MapData, Mapper, TaskInfo, with_prefix
 from featbench.scoring import image_scores, metrics
 from featbench.scoring.executors import Executor
 from featbench.scoring.isolation import ChildFailed, child_wall_limit, pickled_factory, run_in_child
-from featbench.scoring.runner import (BATCH, Models, RunConfig, hard_limit, model_identity, new_task_record, note,
+from featbench.core.results import TaskRecord
+from featbench.scoring.runner import (BATCH, Models, RunConfig, hard_limit, model_identity, new_task_record,
                                       record_described, run_tasks, scoring_mode, seed_everything,
                                       timed_fit)
 
 # Bump when the metrics change, so cached scores are recomputed.
 SCORE_CACHE_VERSION = 1
-DESCRIBED_KEYS = ("stopped_by", "ridge", "epochs", "steps")  # noted from a mapper's describe()
+DESCRIBED_KEYS = ("stopped_by", "ridge", "epochs", "steps")  # recorded from a mapper's describe()
 
 
 def task_info(suite: Suite, task: Task, data: TaskData, cfg: RunConfig) -> TaskInfo:
@@ -221,12 +222,12 @@ def _info_meta(info: TaskInfo) -> dict[str, Any]:
 
 def fit_and_predict_isolated(factory_bytes: bytes, train: MapData, test_x: torch.Tensor,
                              test_prefix: torch.Tensor | None, cfg: RunConfig, mode: str,
-                             record: dict[str, Any]) -> Fitted:
+                             record: TaskRecord) -> Fitted:
     """`fit_and_predict` in a child process (`mode` ``sandbox`` or ``process``) that is sent the
     training pairs, the task's metadata and the test inputs alone; its predictions are checked
-    here again (nothing a child writes is trusted). Notes the limits and the overhead."""
+    here again (nothing a child writes is trusted). Records the limits and the overhead."""
     wall_s = child_wall_limit(cfg.isolation, hard_limit(train.info.time_budget_s))
-    record["notes"].append(note("isolation limits", cfg.isolation.describe(wall_s)))
+    record.record("isolation limits", cfg.isolation.describe(wall_s))
     tensors = {"train_x": train.x, "train_y": train.y, "train_x_prefix": train.x_prefix,
                "train_y_prefix": train.y_prefix, "test_x": test_x, "test_x_prefix": test_prefix}
     out, meta = run_in_child("featbench.scoring.map_track:child_job", factory_bytes, tensors,
@@ -241,14 +242,14 @@ def fit_and_predict_isolated(factory_bytes: bytes, train: MapData, test_x: torch
         described["linear"] = (out["linear.W"], out["linear.b"])
     fit_s, predict_per_s = float(meta["fit_s"]), float(meta["predict_per_s"])
     overhead = meta["child_wall_s"] - fit_s - len(test_x) / max(predict_per_s, 1e-9)
-    record["notes"].append(note("isolation overhead_s", round(max(overhead, 0.0), 2)))
+    record.record("isolation overhead_s", round(max(overhead, 0.0), 2))
     return Fitted(pred, pred_prefix if predicted is not None else test_prefix, predicted is not None, fit_s,
                   predict_per_s, described)
 
 
 def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, cfg: RunConfig,
                       tails: Models | None = None, references: bool = True, mode: str | None = None,
-                      factory_bytes: bytes | None = None) -> dict[str, Any]:
+                      factory_bytes: bytes | None = None) -> TaskRecord:
     """Fit and score one (task, model); returns its task record (status "ok" or "failed").
 
     `mode` is ``cfg.isolation.resolved()`` and `factory_bytes` the pickled factory
@@ -258,14 +259,14 @@ def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, c
     data = load_task(suite, task)
     info = task_info(suite, task, data, cfg)
     record = new_task_record(task, data, cfg)
-    record["scoring"] = scoring_mode(suite, mode)
+    record.scoring = scoring_mode(suite, mode)
     train, test = map_data(data.train, info), map_data(data.test, info)
     labels = torch.tensor(data.test["label"])
     target_key = data.record["y"]["key"]
-    images = image_scores.for_task(suite, task, data, tails, cfg, record["notes"])  # the suite's pinned inverter
+    images = image_scores.for_task(suite, task, data, tails, cfg, record)  # the suite's pinned inverter
     extras = score_extras(suite, task, data, tails, test)
     if references:
-        record["reference_points"] = _reference_points(task, tails, test, target_key, labels, cfg, images, extras)
+        record.reference_points = _reference_points(task, tails, test, target_key, labels, cfg, images, extras)
     try:
         if mode == "none":
             fitted = fit_and_predict(factory, train, test.x, test.x_prefix)
@@ -273,27 +274,21 @@ def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, c
             factory_bytes = factory_bytes or pickled_factory(factory)
             fitted = fit_and_predict_isolated(factory_bytes, train, test.x, test.x_prefix, cfg, mode, record)
     except Exception as exc:  # a bad submission fails its task, never the run
-        record["status"] = "failed"
         if isinstance(exc, ChildFailed):
-            record["reason"] = exc.reason
-            record["notes"].append(exc.details or exc.reason)
-        else:
-            record["reason"] = f"{type(exc).__name__}: {exc}"
-            record["notes"].append(traceback.format_exc(limit=3)[-2000:])
-        return record
-    record["fit_s"], record["predict_per_s"] = fitted.fit_s, fitted.predict_per_s
+            return record.fail(exc.reason, exc.details or exc.reason)
+        return record.fail(f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=3)[-2000:])
+    record.fit_s, record.predict_per_s = fitted.fit_s, fitted.predict_per_s
     if test.x_prefix is not None and not fitted.predicted_prefix:
-        record["notes"].append("the mapper predicts no class-token prefix: the source's prefix was carried over")
+        record.notes.append("the mapper predicts no class-token prefix: the source's prefix was carried over")
     pred, pred_prefix = fitted.pred, fitted.pred_prefix
-    record["metrics"] = _scores(task, tails, pred, pred_prefix, test.y, test.y_prefix, target_key, labels, cfg,
-                                extras)
+    record.metrics = _scores(task, tails, pred, pred_prefix, test.y, test.y_prefix, target_key, labels, cfg, extras)
     if images:
-        record["metrics"] |= images.score(pred, pred_prefix)
+        record.metrics |= images.score(pred, pred_prefix)
     described = record_described(record, fitted.described, DESCRIBED_KEYS)
     if "linear" in described:
         W, b = described["linear"]
-        record["linear_structure"] = metrics.linear_structure(W, b, test.x)
-    record["status"] = "ok"
+        record.linear_structure = metrics.linear_structure(W, b, test.x)
+    record.status = "ok"
     return record
 
 
@@ -308,11 +303,11 @@ def run_map_track(factory: Callable[[], Mapper], suite: Suite, tasks: list[Task]
     mode = cfg.isolation.resolved()
     factory_bytes = None if mode == "none" else pickled_factory(factory)  # fails at once for a model that cannot go
 
-    def evaluate(task: Task) -> dict[str, Any]:
+    def evaluate(task: Task) -> TaskRecord:
         return evaluate_map_task(factory, suite, task, cfg, tails, mode=mode, factory_bytes=factory_bytes)
 
-    def reusable(task: Task, rec: dict) -> bool:  # a kept record must have been scored the way this run scores
-        return rec.get("scoring") == scoring_mode(suite, mode) and image_scores.record_is_current(suite, task, rec)
+    def reusable(task: Task, rec: TaskRecord) -> bool:  # a kept record must have been scored the way this run scores
+        return rec.scoring == scoring_mode(suite, mode) and image_scores.record_is_current(suite, task, rec)
 
     return run_tasks("map", model_identity(factory), evaluate, suite, tasks, out, cfg, progress, device="cpu",
                      reusable=reusable, executor=executor)

@@ -1,7 +1,7 @@
 """What every track's run shares: its settings, the fit's time budget, seeding, the models loaded
-once per run, the task record and its notes, the model's identity, and the run loop that writes
-the result file after every task (so an interrupted run resumes). The tracks themselves are
-`featbench.scoring.map_track` and `featbench.scoring.invert_track`.
+once per run, a new task record (`featbench.core.results.TaskRecord`), the model's identity, and
+the run loop that writes the result file after every task (so an interrupted run resumes). The
+tracks themselves are `featbench.scoring.map_track` and `featbench.scoring.invert_track`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from featbench.core.cache import cached_tensor
 from featbench.core.errors import FeatbenchError
 from featbench.core.paths import cache_dir
 from featbench.core.plugins import source_sha256
-from featbench.core.results import (RESULT_SCHEMA_VERSION, ResultError, check_writable, environment_info, git_commit,
-                                    read_result, run_identity, write_result)
+from featbench.core.results import (RESULT_SCHEMA_VERSION, ResultError, TaskRecord, check_writable, environment_info,
+                                    git_commit, read_result, run_identity, write_result)
 from featbench.data.storage import TaskData, load_task
 from featbench.data.suites import Suite, Task
 from featbench.scoring.isolation import Isolation
@@ -134,17 +134,14 @@ class Models:
         return cached_tensor(cache_dir() / "tails" / f"{key}.safetensors", key, lambda: self.run(task, maps, prefix))
 
 
-def new_task_record(task: Task, data: TaskData, cfg: RunConfig, notes: list[str] | None = None) -> dict[str, Any]:
-    """A task's record in a result file, before it is fitted and scored. Its first note gives the
-    threads it is scored with: the file's `environment` is that of its last run only, and a
-    resumed file can hold tasks scored under different settings (fit_s and predict_per_s vary)."""
-    return {
-        "task_id": task.id, "task_version": task.version, "task_sha256": data.content_sha256,
-        "category": task.category, "backbone": task.backbone, "layer": task.layer,
-        "n_train": len(data.train), "n_test": len(data.test), "fit_s": None, "predict_per_s": None,
-        "time_budget_s": cfg.time_budget_s, "metrics": {}, "reference_points": {},
-        "notes": [note("threads", torch.get_num_threads()), *(notes or [])],
-    }
+def new_task_record(task: Task, data: TaskData, cfg: RunConfig) -> TaskRecord:
+    """A task's record in a result file, before it is fitted and scored. It records the threads it
+    is scored with: the file's `environment` is that of its last run only, and a resumed file can
+    hold tasks scored under different settings (fit_s and predict_per_s vary)."""
+    record = TaskRecord(task.id, task.version, data.content_sha256, task.category, task.backbone, task.layer,
+                        len(data.train), len(data.test), cfg.time_budget_s)
+    record.record("threads", torch.get_num_threads())
+    return record
 
 
 def scoring_mode(suite: Suite, mode: str) -> dict[str, str]:
@@ -153,28 +150,19 @@ def scoring_mode(suite: Suite, mode: str) -> dict[str, str]:
     return {"isolation": mode, "test_targets": suite.test_targets}
 
 
-def note(key: str, value: Any) -> str:
-    """A task record's note of a named value (``key: value``), read back by `noted`."""
-    return f"{key}: {value}"
-
-
-def noted(record: dict, key: str) -> list[str]:
-    """The values of a record's `note(key, ...)` notes, in order."""
-    mark = note(key, "")
-    return [n[len(mark):] for n in record.get("notes", []) if n.startswith(mark)]
-
-
-def record_description(record: dict, model: Any, keys: tuple[str, ...]) -> dict:
+def record_description(record: TaskRecord, model: Any, keys: tuple[str, ...]) -> dict:
     """The model's own account of its fit (its ``describe()``, if it has one): its ``n_params``
-    into the record, and a note of each of `keys` that it gives. Returns the account."""
+    into the record, and each of `keys` that it gives into its provenance. Returns the account."""
     return record_described(record, model.describe() if hasattr(model, "describe") else {}, keys)
 
 
-def record_described(record: dict, described: dict, keys: tuple[str, ...]) -> dict:
+def record_described(record: TaskRecord, described: dict, keys: tuple[str, ...]) -> dict:
     """`record_description` from the account itself (as an isolated scoring process returns it)."""
     if described.get("n_params") is not None:
-        record["n_params"] = int(described["n_params"])
-    record["notes"].extend(note(key, described[key]) for key in keys if described.get(key) is not None)
+        record.n_params = int(described["n_params"])
+    for key in keys:
+        if described.get(key) is not None:
+            record.record(key, described[key])
     return described
 
 
@@ -190,9 +178,9 @@ def model_identity(factory: Callable[[], Any]) -> dict[str, Any]:
     return identity
 
 
-def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], dict[str, Any]], suite: Suite,
+def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], TaskRecord], suite: Suite,
               tasks: list[Task], out: str | Path, cfg: RunConfig, progress: bool = True,
-              device: str | None = None, reusable: Callable[[Task, dict], bool] | None = None,
+              device: str | None = None, reusable: Callable[[Task, TaskRecord], bool] | None = None,
               executor: Executor | None = None) -> dict[str, Any]:
     """Score `tasks` with `evaluate`, rewriting the result file `out` after each.
 
@@ -206,8 +194,8 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], dict
     fans them out over a cluster); the file is rewritten as each record comes back.
     """
     out = Path(out)
-    done: dict[str, dict] = {}
-    kept: list[dict] = []
+    done: dict[str, TaskRecord] = {}
+    kept: list[TaskRecord] = []
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     previous_duration = 0.0
     if out.exists():
@@ -223,12 +211,13 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], dict
                               "refusing to start the file over: bump the model's version, or move the file "
                               "away or write elsewhere (featbench run --out)")
         if same_run and not changed:
-            done = {t["task_id"]: t for t in prev["tasks"] if t["status"] == "ok"}
+            records = [TaskRecord.from_dict(t) for t in prev["tasks"]]
+            done = {t.task_id: t for t in records if t.status == "ok"}
             selected = {t.id for t in tasks}
-            kept = [t for t in prev["tasks"] if t["task_id"] not in selected]
+            kept = [t for t in records if t.task_id not in selected]
             started, previous_duration = prev["started_at"], prev["duration_s"]
     order = {t.id: i for i, t in enumerate(suite.tasks)}
-    record = {
+    record = {  # its tasks as `TaskRecord`s, serialised by `save`
         "schema_version": RESULT_SCHEMA_VERSION, "featbench_version": featbench.__version__, "git_commit": git_commit(),
         "suite": suite.result_identity(), "track": track, "model": model, "seed": cfg.seed,
         "environment": environment_info(device), "started_at": started, "duration_s": previous_duration,
@@ -237,26 +226,28 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], dict
     check_writable(out, record)
     run_start = time.perf_counter()
 
-    def add(result: dict) -> None:
-        record["tasks"] = sorted([t for t in record["tasks"] if t["task_id"] != result["task_id"]] + [result],
-                                 key=lambda t: order.get(t["task_id"], len(order)))
+    def add(result: TaskRecord) -> None:
+        record["tasks"] = sorted([t for t in record["tasks"] if t.task_id != result.task_id] + [result],
+                                 key=lambda t: order.get(t.task_id, len(order)))
 
     todo = []
     for task in tasks:
-        if task.id in done and done[task.id]["task_sha256"] == load_task(suite, task).content_sha256 \
+        if task.id in done and done[task.id].task_sha256 == load_task(suite, task).content_sha256 \
                 and (reusable is None or reusable(task, done[task.id])):
             add(done[task.id])  # scored before, on the same data
         else:
             todo.append(task)
 
-    def lost(task: Task, reason: str) -> dict:
-        return new_task_record(task, load_task(suite, task), cfg) | {"status": "failed", "reason": reason}
+    def lost(task: Task, reason: str) -> TaskRecord:
+        failed = new_task_record(task, load_task(suite, task), cfg)
+        failed.status, failed.reason = "failed", reason
+        return failed
 
     def save() -> dict[str, Any]:
         record["duration_s"] = round(previous_duration + time.perf_counter() - run_start, 3)
-        sizes = [t["n_params"] for t in record["tasks"] if t.get("n_params") is not None]
+        sizes = [t.n_params for t in record["tasks"] if t.n_params is not None]
         record["model"]["n_params"] = max(sizes) if sizes else None  # the largest task's instance
-        return write_result(out, record)  # seals a copy; `record` goes on unsealed
+        return write_result(out, record | {"tasks": [t.to_dict() for t in record["tasks"]]})
 
     bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=f"{model['name']} on {suite.name} ({track})",
                unit="task", disable=not progress)

@@ -1,0 +1,119 @@
+"""The command line as a user drives it: build, tasks, run, validate, submit-check, leaderboard
+build on a tiny suite (six made-up images, one random-weight backbone layer), and clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from featbench.cli import main
+from featbench.core.results import read_result, seal
+from tests.conftest import TINY_CNN, make_tiny_suite
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = f"map/{TINY_CNN}/blocks.3/rot90"
+
+
+def _suite(root: Path):
+    return make_tiny_suite(root, n_images=6, backbones={TINY_CNN: ["blocks.3"]}, manipulations=["rot90"])
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """(suite file, result file) of `featbench run` of identity on the tiny suite, built in a cache
+    of its own (FEATBENCH_CACHE points there for the module's tests)."""
+    root = tmp_path_factory.mktemp("cli")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEATBENCH_CACHE", str(root / "cache"))
+        suite = _suite(root)
+        assert main(["build", "--suite", str(suite.path), "--batch-size", "8", "--no-compile"]) == 0
+        out = root / "leaderboard" / "results" / "identity.json"
+        assert main(["run", "--suite", str(suite.path), "--model", "identity", "--out", str(out), "--n-boot", "20",
+                     "--no-isolation"]) == 0
+        yield suite.path, out
+
+
+def test_build_makes_the_tasks_data_that_tasks_lists(private_cache, tmp_path, capsys):
+    path = str(_suite(tmp_path).path)
+    assert main(["tasks", "--suite", path]) == 0
+    listed = capsys.readouterr().out
+    assert "tiny-test (version 1" in listed and "1 map + 1 invert tasks" in listed
+    assert f"{TASK}  geometric" in listed and listed.rstrip().endswith("no")  # nothing built yet
+    assert main(["build", "--suite", path, "--batch-size", "8", "--no-compile"]) == 0
+    assert "2 datasets built" in capsys.readouterr().out
+    assert main(["tasks", "--suite", path, "--tasks", "map/*"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("map/")]
+    assert len(rows) == 1 and rows[0].split()[-1] == "yes"
+
+
+def test_run_writes_a_result_that_validate_accepts(scored, capsys):
+    suite_file, out = scored
+    result = read_result(out)
+    assert result["model"]["name"] == "identity" and [t["task_id"] for t in result["tasks"]] == [TASK]
+    assert result["tasks"][0]["status"] == "ok" and "threads" in result["tasks"][0]["provenance"]
+    assert main(["validate", str(out), "--suite", str(suite_file)]) == 0
+    assert "valid (identity 1 on tiny-test v1, 1 tasks)" in capsys.readouterr().out
+    # Against another suite's spec the same file is refused, by name.
+    assert main(["validate", str(out), "--suite", "mini"]) == 2
+    assert "was scored on suite tiny-test" in capsys.readouterr().err
+
+
+def test_submit_check_reruns_a_result_and_catches_an_altered_score(scored, tmp_path, capsys):
+    suite_file, out = scored
+    assert main(["submit-check", str(out), "--suite", str(suite_file), "--sample", "1", "--isolation", "none"]) == 0
+    assert "re-ran 1 task(s): all scores match" in capsys.readouterr().out
+    # A score changed and the file sealed again: valid, but not what the code gives.
+    altered = json.loads(out.read_text())
+    altered["tasks"][0]["metrics"]["r2"]["value"] += 0.5
+    forged = tmp_path / "identity.json"
+    forged.write_text(json.dumps(seal(altered)))
+    assert main(["submit-check", str(forged), "--suite", str(suite_file), "--sample", "1", "--isolation", "none"]) == 2
+    captured = capsys.readouterr()
+    assert f"{TASK} r2: submitted" in captured.out and "score(s) do not match the re-run" in captured.err
+
+
+def test_leaderboard_build_writes_the_board(scored, tmp_path, capsys):
+    suite_file, out = scored
+    assert main(["leaderboard", "build", "--suite", str(suite_file), "--root", str(out.parent.parent),
+                 "--out", str(tmp_path)]) == 0
+    assert "1 result file(s) in, 0 left out" in capsys.readouterr().out
+    assert {"LEADERBOARD.md", "leaderboard.csv", "leaderboard.json", "index.html"} <= {p.name for p in tmp_path.iterdir()}
+    assert "identity" in (tmp_path / "LEADERBOARD.md").read_text()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["tasks", "--suite", "no-such-suite"], "unknown suite 'no-such-suite'; known: "),
+    (["tasks", "--suite", "{bad}"], "is not valid YAML"),
+    (["tasks", "--suite", "{list}"], "is malformed"),
+    (["tasks", "--suite", "{missing}"], "does not exist"),
+    (["run", "--suite", "{suite}", "--model", "no-such-model", "--out", "{out}", "--no-isolation"],
+     "unknown model 'no-such-model'; registered: "),
+    (["validate", "{suite}"], "not valid JSON"),
+], ids=["unknown suite", "suite file not YAML", "suite file not a mapping", "no suite file", "unknown model",
+        "result not JSON"])
+def test_a_bad_argument_is_a_clear_error(scored, tmp_path, capsys, argv, says):
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    (tmp_path / "list.yaml").write_text("- name\n- version\n")
+    paths = {"bad": tmp_path / "bad.yaml", "list": tmp_path / "list.yaml", "missing": tmp_path / "missing.yaml",
+             "suite": scored[0], "out": tmp_path / "out.json"}
+    assert main([a.format(**paths) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("featbench: error: ") and says in err and "Traceback" not in err
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_the_process_exits_nonzero_with_a_message_not_a_traceback(tmp_path):
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    for argv, says in ((["tasks", "--suite", str(tmp_path / "bad.yaml")], "featbench: error: suite file"),
+                       (["run", "--n-boot", "many"], "argument --n-boot: invalid int value: 'many'"),
+                       (["no-such-command"], "invalid choice: 'no-such-command'")):
+        done = subprocess.run([sys.executable, "-m", "featbench.cli", *argv], capture_output=True, text=True,
+                              env=env, cwd=tmp_path, timeout=300)
+        assert done.returncode == 2, (argv, done.stderr)
+        assert says in done.stderr and "Traceback" not in done.stderr, (argv, done.stderr)
