@@ -187,7 +187,7 @@ def _within(path: Path, roots: list[Path]) -> bool:
     return any(path == r or r in path.parents for r in roots)
 
 
-def _sandbox_command(job: Path, visible: list[str]) -> list[str]:
+def _sandbox_command(job: Path, visible: list[str], files: dict[Path, str]) -> list[str]:
     # A fresh /tmp, /proc and /dev first: the binds after them may lie inside (a model file in /tmp).
     cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
@@ -203,6 +203,8 @@ def _sandbox_command(job: Path, visible: list[str]) -> list[str]:
             cmd += ["--ro-bind", path, path]
             roots.append(Path(path))
     cmd += ["--ro-bind", str(job / _JOB_IN), f"/job/{_JOB_IN}", "--bind", str(job / _JOB_OUT), f"/job/{_JOB_OUT}"]
+    for placeholder, host in files.items():  # each over its empty placeholder in the job's cache
+        cmd += ["--ro-bind", host, "/job/" + str(placeholder.relative_to(job))]
     # Empty folders over the caches wherever a visible folder holds them.
     for hidden in {cache_dir().resolve(), Path(platformdirs.user_cache_dir()).resolve(), Path.home() / ".cache"}:
         if _within(hidden, roots) and hidden.is_dir():
@@ -219,13 +221,35 @@ def _limits(memory: int, cpu_s: int | None) -> Callable[[], None]:
     return apply
 
 
+def _cache_files(job: Path, files: dict[str, str | Path], mode: str) -> dict[Path, str]:
+    """Put `files` (path in the child's cache → file here) into the job's own cache: in the sandbox
+    an empty placeholder each, mounted over read-only (`_sandbox_command`); else a read-only copy."""
+    placed = {}
+    for relative, host in files.items():
+        if Path(relative).is_absolute() or ".." in Path(relative).parts:
+            raise FeatbenchError(f"a file for the scoring process must lie inside its cache: {relative!r}")
+        inside = job / _JOB_OUT / "home" / "cache" / relative
+        inside.parent.mkdir(parents=True, exist_ok=True)
+        host = str(Path(host).resolve())
+        if mode == "sandbox":
+            inside.touch()
+        else:
+            shutil.copyfile(host, inside)
+            inside.chmod(0o444)
+        placed[inside] = host
+    return placed
+
+
 def run_in_child(entry: str, factory_bytes: bytes, tensors: dict[str, torch.Tensor | None], meta: dict[str, Any],
-                 isolation: Isolation, mode: str, wall_s: float) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                 isolation: Isolation, mode: str, wall_s: float, files: dict[str, str | Path] | None = None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Run ``entry(factory, tensors, meta)`` (a ``module:function`` name) in a child process in
     `mode` (``sandbox`` or ``process``) under `isolation`'s limits; its (tensors, meta).
 
-    The child sees only what is passed here. `ChildFailed` when it raises, runs past its wall
-    limit, or dies; its `reason` names the cause.
+    The child sees only what is passed here: `tensors`, `meta`, and `files` ({path in its cache:
+    file here}, read-only: public weights and checkpoints it may load through featbench's cache,
+    never the cache itself). `ChildFailed` when it raises, runs past its wall limit, or dies; its
+    `reason` names the cause.
     """
     threads, memory = isolation.thread_count(), isolation.memory_bytes()
     job = Path(tempfile.mkdtemp(prefix="featbench-job-"))  # mode 0700: this user's alone
@@ -234,6 +258,7 @@ def run_in_child(entry: str, factory_bytes: bytes, tensors: dict[str, torch.Tens
         (job / _JOB_OUT).mkdir()
         home = job / _JOB_OUT / "home"
         home.mkdir()
+        placed = _cache_files(job, files or {}, mode)
         save_tensors(job / _JOB_IN / "tensors.safetensors", {k: v for k, v in tensors.items() if v is not None})
         (job / _JOB_IN / "factory.pkl").write_bytes(factory_bytes)
         (job / _JOB_IN / "job.json").write_text(json.dumps(
@@ -249,7 +274,7 @@ def run_in_child(entry: str, factory_bytes: bytes, tensors: dict[str, torch.Tens
         if mode == "sandbox":
             visible = [sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).resolve().parent),
                        *paths, *_model_roots()]
-            cmd = _sandbox_command(job, visible) + ["--chdir", "/tmp", "--"] + cmd
+            cmd = _sandbox_command(job, visible, placed) + ["--chdir", "/tmp", "--"] + cmd
         start = time.perf_counter()
         try:
             proc = subprocess.run(cmd, env=env, cwd=str(home), capture_output=True, timeout=wall_s,
