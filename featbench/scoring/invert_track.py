@@ -26,7 +26,10 @@ feature scores are the ceiling that scoring at S allows), and, for inverters tha
 without their condition (``invert_unconditional(n)``), ``unconditional``. An inverter that raises,
 overruns its budget, or returns anything but N×3×R×R finite floats in [0, 1] fails that task with
 the reason recorded; the run goes on, and, as on the map track, the result file is rewritten
-after every task so that an interrupted run resumes.
+after every task so that an interrupted run resumes. The inverter's fit and invert run in an
+isolated child process by default, as the map track's mapper does (`featbench.scoring.isolation`:
+it gets the training pairs, the `InvertInfo`, the test maps and the files of `child_files`,
+never the test images; this process scores).
 
 The targets are derived from the suite's pinned images as `featbench.interfaces.inverter.target_images`
 documents (each row's own view, resized, 8-bit), cached by key.

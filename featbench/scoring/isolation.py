@@ -2,8 +2,9 @@
 
 The parent (the evaluator) writes what the child may have into a private temporary folder made
 for this one job (never the cache): the training pairs, the task's public metadata and the test
-*inputs*, plus the pickled model factory. The child (``python -m featbench.scoring.isolation
-JOB``) fits and predicts and writes its predictions back; the parent checks them again and
+*inputs*, plus the pickled model factory, and, read-only in the job's own cache, the few files it
+may load through featbench (an inverter's checkpoint for its task, public pinned weights). The
+child (``python -m featbench.scoring.isolation JOB``) fits and predicts and writes its predictions back; the parent checks them again and
 scores them. The child's environment is scrubbed (no ``FEATBENCH_CACHE``; ``HOME`` and the
 featbench cache point at empty folders of the job), and it runs under limits:
 
@@ -26,9 +27,8 @@ Modes (`Isolation.mode`):
   (and the reason in each task record's notes).
 - ``none``: in the evaluator's own process (for debugging; ``featbench run --no-isolation``).
 
-The map track runs this way (`featbench.scoring.map_track`); the invert track runs in-process
-(its inverters read checkpoints and other tasks' training pairs from the cache) and says so in
-its records.
+Both tracks run this way: `featbench.scoring.map_track` (fit and predict) and
+`featbench.scoring.invert_track` (fit and invert; the test images stay with the parent).
 """
 
 from __future__ import annotations

@@ -164,14 +164,9 @@ def noted(record: dict, key: str) -> list[str]:
     return [n[len(mark):] for n in record.get("notes", []) if n.startswith(mark)]
 
 
-def record_description(record: dict, model: Any, keys: tuple[str, ...]) -> dict:
-    """The model's own account of its fit (its ``describe()``, if it has one): its ``n_params``
-    into the record, and a note of each of `keys` that it gives. Returns the account."""
-    return record_described(record, model.describe() if hasattr(model, "describe") else {}, keys)
-
-
 def record_described(record: dict, described: dict, keys: tuple[str, ...]) -> dict:
-    """`record_description` from the account itself (as an isolated scoring process returns it)."""
+    """The model's own account of its fit (its ``describe()``, as the fit's process returns it):
+    its ``n_params`` into the record, and a note of each of `keys` that it gives. Returns the account."""
     if described.get("n_params") is not None:
         record["n_params"] = int(described["n_params"])
     record["notes"].extend(note(key, described[key]) for key in keys if described.get(key) is not None)
