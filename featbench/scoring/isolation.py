@@ -37,6 +37,7 @@ import io
 import json
 import os
 import pickle
+import pickletools
 import resource
 import shutil
 import signal
@@ -157,10 +158,14 @@ def warn_unsandboxed(problem: str) -> None:
 # --- the parent --------------------------------------------------------------------------------
 
 
-def _user_module_files() -> list[str]:
-    """Files loaded as modules by path (``file.py:Class`` models): the child loads them first."""
+def _user_module_files(factory_bytes: bytes) -> list[str]:
+    """The files loaded as modules by path (``file.py:Class`` models) that the pickled factory
+    names: the child loads them first, and sees their folders. Others this process loaded (earlier
+    models') stay out of its view."""
+    named = {op_arg.split()[0] for _, op_arg, _ in pickletools.genops(factory_bytes)
+             if isinstance(op_arg, str) and op_arg.startswith(USER_MODULE_PREFIX)}
     return sorted(str(Path(m.__file__).resolve()) for name, m in list(sys.modules.items())
-                  if name.startswith(USER_MODULE_PREFIX) and getattr(m, "__file__", None))
+                  if name in named and getattr(m, "__file__", None))
 
 
 def pickled_factory(factory: Callable[[], Any]) -> bytes:
@@ -178,9 +183,6 @@ def _python_paths() -> list[str]:
     return [p for p in sys.path if p and Path(p).exists()]
 
 
-def _model_roots() -> list[str]:
-    """Folders the model's code is imported from that sys.path may not name (user files)."""
-    return [str(Path(f).parent) for f in _user_module_files()]
 
 
 def _within(path: Path, roots: list[Path]) -> bool:
@@ -259,10 +261,11 @@ def run_in_child(entry: str, factory_bytes: bytes, tensors: dict[str, torch.Tens
         home = job / _JOB_OUT / "home"
         home.mkdir()
         placed = _cache_files(job, files or {}, mode)
+        user_modules = _user_module_files(factory_bytes)
         save_tensors(job / _JOB_IN / "tensors.safetensors", {k: v for k, v in tensors.items() if v is not None})
         (job / _JOB_IN / "factory.pkl").write_bytes(factory_bytes)
         (job / _JOB_IN / "job.json").write_text(json.dumps(
-            {"entry": entry, "meta": meta, "threads": threads, "user_modules": _user_module_files()}))
+            {"entry": entry, "meta": meta, "threads": threads, "user_modules": user_modules}))
         inside = Path("/job") if mode == "sandbox" else job
         paths = _python_paths()
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PYTHONPATH": os.pathsep.join(paths),
@@ -273,7 +276,7 @@ def run_in_child(entry: str, factory_bytes: bytes, tensors: dict[str, torch.Tens
         cmd = [sys.executable, "-m", "featbench.scoring.isolation", str(inside)]
         if mode == "sandbox":
             visible = [sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).resolve().parent),
-                       *paths, *_model_roots()]
+                       *paths, *(str(Path(f).parent) for f in user_modules)]  # the model's own folders
             cmd = _sandbox_command(job, visible, placed) + ["--chdir", "/tmp", "--"] + cmd
         start = time.perf_counter()
         try:
