@@ -15,15 +15,20 @@ The stages behind it are subpackages (README, "How it fits together"): ``core``,
 
 __version__ = "0.1.0"
 
-from featbench.core.errors import AssetError, DataError, FeatbenchError, UnknownNameError
-from featbench.core.results import read_result, validate_result
-from featbench.data.manipulations import Manipulation, get_manipulation, list_manipulations, register_manipulation
-from featbench.data.storage import TaskData, build_suite, load_task
-from featbench.data.suites import Suite, Task, list_suites, load_suite
-from featbench.interfaces.inverter import InvertData, InvertInfo, Inverter
-from featbench.interfaces.mapper import MapData, Mapper, TaskInfo
-from featbench.scoring.run import evaluate
-from featbench.zoo.backbones import Backbone, list_backbones, load_backbone
+from featbench.core.lazy import lazy_exports
+
+# Each name is imported from its module when first used (featbench.core.lazy).
+_EXPORTS = {
+    "featbench.core.errors": ("AssetError", "DataError", "FeatbenchError", "UnknownNameError"),
+    "featbench.core.results": ("read_result", "validate_result"),
+    "featbench.data.manipulations": ("Manipulation", "get_manipulation", "list_manipulations", "register_manipulation"),
+    "featbench.data.storage": ("TaskData", "build_suite", "load_task"),
+    "featbench.data.suites": ("Suite", "Task", "list_suites", "load_suite"),
+    "featbench.interfaces.inverter": ("InvertData", "InvertInfo", "Inverter"),
+    "featbench.interfaces.mapper": ("MapData", "Mapper", "TaskInfo"),
+    "featbench.scoring.run": ("evaluate",),
+    "featbench.zoo.backbones": ("Backbone", "list_backbones", "load_backbone"),
+}
 
 __all__ = [
     "AssetError", "Backbone", "DataError", "FeatbenchError", "InvertData", "InvertInfo", "Inverter",
@@ -31,3 +36,5 @@ __all__ = [
     "build_suite", "evaluate", "get_manipulation", "list_backbones", "list_manipulations", "list_suites",
     "load_backbone", "load_suite", "load_task", "read_result", "register_manipulation", "validate_result",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

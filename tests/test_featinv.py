@@ -13,6 +13,7 @@ from baselines.featinv import (
 )
 from featbench.zoo.backbones import Backbone, load_backbone
 from featbench.interfaces.checkpoints import CheckpointError, read_record
+from featbench.scoring.isolation import Isolation
 from featbench.scoring.runner import RunConfig
 from featbench.scoring.invert_track import run_invert_track
 from featbench.data.targets import network_input
@@ -21,6 +22,7 @@ from featbench.core.results import validate_result
 from tests.conftest import TINY_CNN
 from tests.test_inverters import TASK, in_suite_cache, suite  # noqa: F401  (module fixtures)
 
+IN_PROCESS = RunConfig(seed=0, n_boot=10, time_budget_s=None, isolation=Isolation("none"))  # test_isolation: isolated
 TINY = dict(resolution=16, patch=2, channels=(8, 16), cond_hidden=4, decoder_width=8, batch_size=4,
             train_timesteps=50, steps=3, checkpoint_every=2, warmup_steps=2, decoder_lpips=0.0,
             feature_guidance=0.0)  # the maps of `_data` are of no real backbone
@@ -187,7 +189,7 @@ def test_suite_pins_the_sampler(tmp_path):
 
 def test_tampered_checkpoint_fails_the_task(suite, in_suite_cache, tmp_path):  # noqa: F811
     res = run_invert_track(TinyFeatInv, suite, [suite.get_task(TASK)], tmp_path / "a.json",
-                           RunConfig(seed=0, n_boot=10, time_budget_s=None), progress=False)
+                           IN_PROCESS, progress=False)
     t = res["tasks"][0]
     assert t["status"] == "ok", t.get("reason")
     assert {"mean", "downsampled", "unconditional"} <= set(t["reference_points"])
@@ -199,7 +201,7 @@ def test_tampered_checkpoint_fails_the_task(suite, in_suite_cache, tmp_path):  #
     raw[-3] ^= 0x01
     weights.write_bytes(bytes(raw))
     res = run_invert_track(TinyFeatInv, suite, [suite.get_task(TASK)], tmp_path / "b.json",
-                           RunConfig(seed=0, n_boot=10, time_budget_s=None), progress=False)
+                           IN_PROCESS, progress=False)
     t = res["tasks"][0]
     assert t["status"] == "failed" and "CheckpointError" in t["reason"] and "sha256" in t["reason"]
 
@@ -223,7 +225,7 @@ def test_featinv_sd_end_to_end_on_tiny_components(tmp_path):
 
 def test_featinv_sd_scored_on_the_tiny_suite(suite, in_suite_cache, tmp_path):  # noqa: F811
     res = run_invert_track(TinySD, suite, [suite.get_task(TASK)], tmp_path / "sd.json",
-                           RunConfig(seed=0, n_boot=10, time_budget_s=None), progress=False)
+                           IN_PROCESS, progress=False)
     t = res["tasks"][0]
     assert t["status"] == "ok", t.get("reason")
     assert any("16 px resized to 32 px" in n for n in t["notes"])

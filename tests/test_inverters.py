@@ -16,6 +16,7 @@ from featbench.core.paths import cache_dir
 from baselines.decoder import Decoder, up_stages
 from featbench.interfaces import checkpoints
 from featbench.interfaces.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from featbench.scoring.isolation import Isolation
 from featbench.scoring.runner import RunConfig
 from featbench.scoring.invert_track import evaluate_invert_task, invert_data, invert_info, run_invert_track
 from featbench.data.targets import target_images
@@ -24,7 +25,9 @@ from featbench.core.results import validate_result
 from featbench.data.storage import column_array
 from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite
 
-CFG = RunConfig(seed=0, n_boot=20, time_budget_s=60)
+# These tests are about the invert track, in-process (their checkpoints stay in the cache);
+# tests/test_isolation.py scores isolated.
+CFG = RunConfig(seed=0, n_boot=20, time_budget_s=60, isolation=Isolation("none"))
 # Scored at 32 px (LPIPS's AlexNet needs about that much), classified by the tiny random CNN.
 INVERT = {"classifier": TINY_CNN, "image_size": 32}
 TASK = f"invert/{TINY_CNN}/blocks.3"

@@ -4,6 +4,7 @@ that never gets the test targets, under limits, sandboxed by bubblewrap where it
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -12,16 +13,22 @@ import torch
 
 import featbench as fb
 from featbench.core.errors import FeatbenchError
-from featbench.core.paths import cache_dir
+from featbench.core.paths import cache_dir, suites_dir
 from featbench.core.plugins import load_object, resolve_model
 from featbench.core.results import RESULT_SCHEMA_VERSION, read_result
 from featbench.data.storage import load_task
 from featbench.scoring import isolation
 from featbench.scoring.run import model_factory
+from featbench.interfaces.checkpoints import read_record
+from featbench.interfaces.inverter import checkpoint_dir, resolve_inverter
+from featbench.scoring.invert_track import (child_files, evaluate_invert_task, fit_and_invert_isolated, invert_data,
+                                            invert_info)
 from featbench.scoring.isolation import Isolation, pickled_factory, sandbox_problem
 from featbench.scoring.map_track import fit_and_predict_isolated, map_data, run_map_track, task_info
 from featbench.scoring.runner import RunConfig, new_task_record
 from tests.conftest import TINY_CNN, TINY_VIT
+from tests.test_featinv import TinyFeatInv
+from tests.test_inverters import TASK as INVERT_TASK, TinyDecoder, in_suite_cache, suite  # noqa: F401 (fixtures)
 
 ATTACKER = Path(__file__).resolve().parent / "attacker_submission.py"
 CNN_TASK = f"map/{TINY_CNN}/blocks.1/rot90"
@@ -54,6 +61,12 @@ def test_baselines_score_the_same_isolated_as_in_process(tiny_suite, tmp_path):
     assert read_result(tmp_path / "sandbox.json")["schema_version"] == RESULT_SCHEMA_VERSION
 
 
+def _not_shipped(walk: list[str]) -> list[str]:
+    """The files a child found, less the checkpoints that ship with the suites: public files
+    beside featbench's own code, which the child imports."""
+    return [f for f in walk if not f.startswith(str(suites_dir() / "checkpoints"))]
+
+
 def _attack(tiny_suite, mode: str):
     """The attacker fitted in a child as a run fits it; its findings and its predictions."""
     task = tiny_suite.get_task(CNN_TASK)
@@ -79,7 +92,7 @@ def test_an_attacker_in_the_sandbox_gets_no_test_targets(tiny_suite):
     assert findings["env FEATBENCH_CACHE"] != str(cache_dir())
     assert findings["default cache"] == "absent"
     assert findings["known cache path"] == []  # its absolute path: an empty folder
-    assert findings["walk"] == ["/job/in/tensors.safetensors"]  # only what it was sent
+    assert _not_shipped(findings["walk"]) == ["/job/in/tensors.safetensors"]  # only what it was sent
     assert torch.equal(fitted.pred, test.x)  # so it predicts its input: the identity floor
 
 
@@ -156,3 +169,51 @@ def test_a_record_scored_in_process_is_not_kept_by_an_isolated_run(tiny_suite, t
     run_map_track(resolve_model("identity"), tiny_suite, [task], out, cfg("none"), progress=False)
     again = run_map_track(resolve_model("identity"), tiny_suite, [task], out, cfg("process"), progress=False)
     assert again["tasks"][0]["scoring"]["isolation"] == "process"  # scored again, not kept
+
+
+# -- the invert track ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("inverter", [TinyDecoder, TinyFeatInv], ids=["decoder", "featinv-tiny"])
+def test_reference_inverters_score_the_same_isolated_as_in_process(suite, in_suite_cache, inverter):  # noqa: F811
+    needs_sandbox()
+    task = suite.get_task(INVERT_TASK)
+    directory = checkpoint_dir(suite.name, task.backbone, task.layer, inverter.name)
+    shutil.rmtree(directory, ignore_errors=True)
+    trained_there = evaluate_invert_task(inverter, suite, task, cfg("sandbox"))  # with the manipulated pairs
+    assert not directory.exists()  # what a child trains stays in its job
+    plain = evaluate_invert_task(inverter, suite, task, cfg("none"))  # trains here, leaves its checkpoint
+    loaded = evaluate_invert_task(inverter, suite, task, cfg("sandbox"))  # the child gets that checkpoint alone
+    assert plain.status == "ok", plain.reason
+    assert loaded.provenance["weights_sha256"] == read_record(directory)["latest"]["sha256"]
+    for isolated in trained_there, loaded:
+        assert isolated.status == "ok", isolated.reason
+        assert isolated.scoring == {"isolation": "sandbox", "test_targets": "published"}
+        assert isolated.n_params == plain.n_params
+        # The reference points too: ``unconditional`` is drawn by the inverter.
+        for name, scores in {"model": plain.metrics, **plain.reference_points}.items():
+            got = isolated.metrics if name == "model" else isolated.reference_points[name]
+            for metric, score in scores.items():
+                assert got[metric] == pytest.approx(score, abs=1e-5), (name, metric)
+
+
+def test_an_inverter_attacker_in_the_sandbox_gets_no_test_images(suite, in_suite_cache):  # noqa: F811
+    needs_sandbox()
+    task = suite.get_task(INVERT_TASK)
+    data = load_task(suite, task)
+    info = invert_info(suite, task, data, cfg("sandbox"))
+    train = invert_data(suite, data, info, info.image_size)
+    copy = suite.path.parent / "attacker.py"  # beside the suite file and the cache, as for the mapper
+    copy.write_text(ATTACKER.read_text())
+    attacker = resolve_inverter(f"{copy}:InverterAttacker")(suite_file=str(suite.path), cache=str(cache_dir()))
+    record = new_task_record(task, data, cfg("sandbox"))
+    test_x = torch.tensor(data.test["x"]).float()
+    inverted = fit_and_invert_isolated(pickled_factory(model_factory(attacker)), train, test_x, None,
+                                       child_files(suite, task, attacker), cfg("sandbox"), "sandbox", record)
+    findings = json.loads(inverted.described["findings"])
+    assert not findings["target_images"].startswith("got")
+    assert findings["default cache"] == "absent" and findings["known cache path"] == []
+    given = [p for p in _not_shipped(findings["walk"]) if p != "/job/in/tensors.safetensors"]
+    # Besides what it was sent, LPIPS's public weights alone (the tiny backbone has no weights file).
+    assert given and all(p.startswith("/job/out/home/cache/assets/lpips_alex") for p in given)
+    mean = train.images.mean(dim=0).expand(len(test_x), -1, -1, -1)
+    assert torch.equal(inverted.recon, mean)  # so it returns the mean training image

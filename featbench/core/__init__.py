@@ -3,13 +3,19 @@
 records (`results`), processes launched together (`distributed`) and background iteration
 (`prefetch`)."""
 
-from featbench.core.cache import atomic_write, cached_json, cached_tensor, write_bytes, write_json
-from featbench.core.errors import AssetError, DataError, FeatbenchError, UnknownNameError
-from featbench.core.hashing import canonical_json, sha256_file, sha256_json, sha256_tensors
-from featbench.core.paths import cache_dir, suites_dir
-from featbench.core.plugins import INVERTERS, MAPPERS, Registry, registered_models, resolve_model, source_sha256
-from featbench.core.results import (RESULT_SCHEMA_VERSION, ResultError, TaskRecord, read_result, result_path,
-                                    validate_result, write_result)
+from featbench.core.lazy import lazy_exports
+
+# Each name is imported from its module when first used (featbench.core.lazy).
+_EXPORTS = {
+    "featbench.core.cache": ("atomic_write", "cached_json", "cached_tensor", "write_bytes", "write_json"),
+    "featbench.core.errors": ("AssetError", "DataError", "FeatbenchError", "UnknownNameError"),
+    "featbench.core.hashing": ("canonical_json", "sha256_file", "sha256_json", "sha256_tensors"),
+    "featbench.core.paths": ("cache_dir", "suites_dir"),
+    "featbench.core.plugins": ("INVERTERS", "MAPPERS", "Registry", "registered_models", "resolve_model",
+                               "source_sha256"),
+    "featbench.core.results": ("RESULT_SCHEMA_VERSION", "ResultError", "TaskRecord", "read_result", "result_path",
+                               "validate_result", "write_result"),
+}
 
 __all__ = [
     "AssetError", "DataError", "FeatbenchError", "INVERTERS", "MAPPERS", "RESULT_SCHEMA_VERSION", "Registry",
@@ -17,3 +23,5 @@ __all__ = [
     "read_result", "registered_models", "resolve_model", "result_path", "sha256_file", "sha256_json",
     "sha256_tensors", "source_sha256", "suites_dir", "TaskRecord", "validate_result", "write_bytes", "write_json", "write_result",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

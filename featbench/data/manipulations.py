@@ -23,6 +23,7 @@ and seed, never on the batch.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import operator
@@ -88,6 +89,16 @@ class _Entry:
 
 
 _REGISTRY: Registry[_Entry] = Registry("manipulation")
+# Modules that register manipulations of their own (the semantic edits, with their saliency
+# models), imported by name when the registry is first read: importing this module stays light.
+PLUGIN_MODULES = ("featbench.data.semantic",)
+
+
+def _registry() -> Registry[_Entry]:
+    """The registry, with the manipulations of `PLUGIN_MODULES` in it."""
+    for module in PLUGIN_MODULES:
+        importlib.import_module(module)
+    return _REGISTRY
 
 
 @dataclass(frozen=True)
@@ -199,7 +210,7 @@ def get_manipulation(name: str, **params: Any) -> Manipulation:
     if dot and not LABEL_PATTERN.fullmatch(label):
         raise ManipulationParamError(f"manipulation {name!r}: the label after the dot must be letters, digits, "
                                      "'-' and '_' (as in edit_pairs.blue-body)")
-    entry = _REGISTRY.lookup(base)
+    entry = _registry().lookup(base)
     unknown = sorted(set(params) - set(entry.defaults))
     if unknown:
         allowed = ", ".join(entry.defaults) or "none"
@@ -221,7 +232,7 @@ def list_manipulations(category: str | None = None) -> list[str]:
     """Registered names, in registration order, optionally only those of one category."""
     if category is not None and category not in CATEGORIES:
         raise ManipulationParamError(f"unknown category {category!r}; allowed: {', '.join(CATEGORIES)}")
-    return [n for n, e in _REGISTRY.items() if category is None or e.category == category]
+    return [n for n, e in _registry().items() if category is None or e.category == category]
 
 
 def register_manipulation(

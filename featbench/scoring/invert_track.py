@@ -26,7 +26,10 @@ feature scores are the ceiling that scoring at S allows), and, for inverters tha
 without their condition (``invert_unconditional(n)``), ``unconditional``. An inverter that raises,
 overruns its budget, or returns anything but N×3×R×R finite floats in [0, 1] fails that task with
 the reason recorded; the run goes on, and, as on the map track, the result file is rewritten
-after every task so that an interrupted run resumes.
+after every task so that an interrupted run resumes. The inverter's fit and invert run in an
+isolated child process by default, as the map track's mapper does (`featbench.scoring.isolation`:
+it gets the training pairs, the `InvertInfo`, the test maps and the files of `child_files`,
+never the test images; this process scores).
 
 The targets are derived from the suite's pinned images as `featbench.interfaces.inverter.target_images`
 documents (each row's own view, resized, 8-bit), cached by key.
@@ -37,6 +40,7 @@ from __future__ import annotations
 import shutil
 import time
 import traceback
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,13 +56,16 @@ from featbench.data.images import seed_for
 from featbench.data.storage import TaskData, column_tensor, load_task
 from featbench.data.suites import Suite, Task
 from featbench.data.targets import aligned_targets, as_unit, manipulated_images, network_input, resize_images
-from featbench.interfaces.checkpoints import read_record
-from featbench.interfaces.inverter import InvertData, InvertInfo, Inverter, checkpoint_dir, resolve_inverter
+from featbench.interfaces.checkpoints import RECORD, read_record
+from featbench.interfaces.inverter import (CheckpointedInverter, InvertData, InvertInfo, Inverter, checkpoint_dir,
+                                           resolve_inverter)
 from featbench.interfaces.mapper import with_prefix
 from featbench.scoring import metrics
 from featbench.scoring.executors import Executor
-from featbench.scoring.runner import (Models, RunConfig, model_identity, new_task_record, record_description,
-                                      run_tasks, scoring_mode, seed_everything, timed_fit)
+from featbench.scoring.isolation import ChildFailed, child_wall_limit, pickled_factory, run_in_child
+from featbench.scoring.runner import (Models, RunConfig, hard_limit, model_identity, new_task_record,
+                                      record_described, run_tasks, scoring_mode, seed_everything, timed_fit)
+from featbench.zoo import BACKBONES, assets
 
 INVERT_BATCH = 32
 SCORE_BATCH = 32
@@ -139,7 +146,85 @@ def invert_all(inverter: Inverter, x: torch.Tensor, prefix: torch.Tensor | None,
     return torch.cat(out)
 
 
-# --- scores ------------------------------------------------------------------------------------
+# --- a submission's fit and inversion: here, or in an isolated child ----------------------------
+
+DESCRIBED_KEYS = ("steps", "stopped_by", "sampler", "weights_sha256")  # noted from an inverter's describe()
+
+
+@dataclass
+class Inverted:
+    """What an inverter's fit and inversion give the evaluator: its reconstructions of the test
+    maps (and unconditional samples, if it draws them), timings and its own account."""
+
+    recon: torch.Tensor
+    unconditional: torch.Tensor | None
+    fit_s: float
+    predict_per_s: float
+    described: dict[str, Any]
+
+
+def fit_and_invert(factory: Callable[[], Inverter], train: InvertData, test_x: torch.Tensor,
+                   test_prefix: torch.Tensor | None) -> Inverted:
+    """Seed, make a fresh inverter, fit it under its budget and invert the test maps: all that a
+    submission's code does, in this process (an isolated child calls it with what it was sent)."""
+    seed_everything(train.info.seed)
+    inverter = factory()
+    fit_s = timed_fit(lambda: inverter.fit(train), train.info.time_budget_s)
+    start = time.perf_counter()
+    recon = invert_all(inverter, test_x, test_prefix, train.resolution)
+    predict_per_s = round(len(recon) / max(time.perf_counter() - start, 1e-9), 3)
+    unconditional = None
+    if hasattr(inverter, "invert_unconditional"):
+        with torch.inference_mode():
+            unconditional = check_images(inverter.invert_unconditional(len(recon)), len(recon), train.resolution)
+    described = inverter.describe() if hasattr(inverter, "describe") else {}
+    return Inverted(recon, unconditional, fit_s, predict_per_s, described)
+
+
+def _sent_data(prefix: str, data: InvertData, tensors: dict[str, torch.Tensor | None]) -> dict[str, Any]:
+    """`data`'s tensors into `tensors` under `prefix`; its rows' ids and views (for the metadata)."""
+    tensors |= {f"{prefix}x": data.x, f"{prefix}images": data.images, f"{prefix}x_prefix": data.x_prefix}
+    return {"image_ids": data.image_ids, "views": data.views}
+
+
+def _received_data(prefix: str, info: InvertInfo, tensors: dict[str, torch.Tensor], rows: dict) -> InvertData:
+    return InvertData(info, tensors[f"{prefix}x"], tensors[f"{prefix}images"], rows["image_ids"], rows["views"],
+                      tensors.get(f"{prefix}x_prefix"))
+
+
+def child_job(factory: Callable[[], Inverter], tensors: dict[str, torch.Tensor], meta: dict[str, Any]):
+    """`fit_and_invert` inside an isolated child (`featbench.scoring.isolation.run_in_child`):
+    from the tensors and metadata it was sent to the tensors and metadata it sends back."""
+    info = meta["info"]
+    info = InvertInfo(**info | {"shape": tuple(info["shape"]),
+                                "prefix_shape": info["prefix_shape"] and tuple(info["prefix_shape"])})
+    train = _received_data("train.", info, tensors, meta["train"])
+    manipulated = meta["manipulated"]
+    train.manipulations = tuple(manipulated)
+    train.manipulated_loader = lambda name: _received_data(f"{name}.", info, tensors, manipulated[name])
+    inverted = fit_and_invert(factory, train, tensors["test.x"], tensors.get("test.x_prefix"))
+    out = {"recon": inverted.recon} | ({} if inverted.unconditional is None else
+                                       {"unconditional": inverted.unconditional})
+    described = {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
+                 for k, v in inverted.described.items()}
+    return out, {"fit_s": inverted.fit_s, "predict_per_s": inverted.predict_per_s, "described": described}
+
+
+def child_files(suite: Suite, task: Task, inverter: Inverter) -> dict[str, Path]:
+    """The files an isolated inverter may load through featbench's cache ({path in the cache: file
+    here}): the task backbone's pinned weights (feature guidance runs it), LPIPS's (a training
+    loss), and, for a `CheckpointedInverter`, the latest checkpoint trained for this task."""
+    paths = [assets.resolve(metrics.LPIPS_NETS["alex"][1])]
+    spec = BACKBONES.get(task.backbone)
+    if spec is not None and spec.asset is not None:  # random-init backbones need none; timm's own: see README
+        paths.append(assets.resolve(spec.asset))
+    if isinstance(inverter, CheckpointedInverter):
+        directory = checkpoint_dir(suite.name, task.backbone, task.layer, inverter.name)
+        record = read_record(directory)
+        if record is not None:
+            paths += [directory / RECORD, directory / record["latest"]["file"]]
+    root = cache_dir()
+    return {str(path.relative_to(root)): path for path in paths}
 
 
 def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -216,48 +301,85 @@ def _reference_points(suite: Suite, task: Task, data: TaskData, info: InvertInfo
     return cached_json(cache_dir() / "references" / f"{key}.json", make)
 
 
+def fit_and_invert_isolated(factory_bytes: bytes, train: InvertData, test_x: torch.Tensor,
+                            test_prefix: torch.Tensor | None, files: dict[str, Path], cfg: RunConfig, mode: str,
+                            record: TaskRecord) -> Inverted:
+    """`fit_and_invert` in a child process (`mode` ``sandbox`` or ``process``) that is sent the
+    training pairs (with those under the manipulations `train` offers, loaded here), the task's
+    metadata, the test maps and `files` (`child_files`) alone: never a test image. Its images are
+    checked here again (nothing a child writes is trusted). Notes the limits and the overhead."""
+    wall_s = child_wall_limit(cfg.isolation, hard_limit(train.info.time_budget_s))
+    record.record("isolation limits", cfg.isolation.describe(wall_s))
+    tensors: dict[str, torch.Tensor | None] = {"test.x": test_x, "test.x_prefix": test_prefix}
+    meta = {"info": {f.name: getattr(train.info, f.name) for f in fields(InvertInfo)},
+            "train": _sent_data("train.", train, tensors),
+            "manipulated": {name: _sent_data(f"{name}.", train.with_manipulation(name), tensors)
+                            for name in train.manipulations}}
+    out, meta = run_in_child("featbench.scoring.invert_track:child_job", factory_bytes, tensors, meta, cfg.isolation,
+                             mode, wall_s, files)
+    if "recon" not in out:
+        raise FeatbenchError("the scoring process returned no reconstructions")
+    n, size = len(test_x), train.resolution
+    recon = check_images(out["recon"], n, size)
+    unconditional = check_images(out["unconditional"], n, size) if "unconditional" in out else None
+    fit_s, predict_per_s = float(meta["fit_s"]), float(meta["predict_per_s"])
+    overhead = meta["child_wall_s"] - fit_s - n / max(predict_per_s, 1e-9)
+    record.record("isolation overhead_s", round(max(overhead, 0.0), 2))
+    return Inverted(recon, unconditional, fit_s, predict_per_s, dict(meta.get("described", {})))
+
+
 def evaluate_invert_task(factory: Callable[[], Inverter], suite: Suite, task: Task, cfg: RunConfig,
-                         models: Models | None = None, references: bool = True) -> TaskRecord:
-    """Fit and score one invert task; returns its task record (status "ok" or "failed")."""
+                         models: Models | None = None, references: bool = True, mode: str | None = None,
+                         factory_bytes: bytes | None = None) -> TaskRecord:
+    """Fit and score one invert task; returns its task record (status "ok" or "failed").
+
+    `mode` is ``cfg.isolation.resolved()`` and `factory_bytes` the pickled factory, both found
+    here unless a run passes them once (as `featbench.scoring.map_track.evaluate_map_task`)."""
     models = models or Models()
+    mode = mode or cfg.isolation.resolved()
     data = load_task(suite, task)
     info = invert_info(suite, task, data, cfg)
     record = new_task_record(task, data, cfg)
     record.notes.append(f"scored at {info.image_size} px; classifier {info.settings['classifier']}; "
                         "predict_per_s is reconstructed images per second")
-    # In-process: an inverter reads its checkpoints and other tasks' training pairs from the cache
-    # (featbench.scoring.isolation covers the map track).
-    record.scoring = scoring_mode(suite, "none")
-    if cfg.isolation.mode not in ("none", "auto"):
-        record.notes.append(f"isolation {cfg.isolation.mode} asked for: the invert track runs in-process")
+    record.scoring = scoring_mode(suite, mode)
     truth = _Truth(suite, task, data, info, models)
     if references:
         record.reference_points = _reference_points(suite, task, data, info, truth, models, cfg)
     try:
-        seed_everything(info.seed)
-        inverter = factory()
-        resolution = int(getattr(inverter, "resolution", None) or info.image_size)
+        probe = factory()  # what the inverter is (its resolution, its checkpoint); fitted afresh below
+        resolution = int(getattr(probe, "resolution", None) or info.image_size)
         train = invert_data(suite, data, info, resolution, "train")
         test_prefix = column_tensor(data.test, "x_prefix")
-        record.fit_s = timed_fit(lambda: inverter.fit(train), cfg.time_budget_s)
-        start = time.perf_counter()
-        recon = invert_all(inverter, truth.x, test_prefix, resolution)
-        record.predict_per_s = round(len(recon) / max(time.perf_counter() - start, 1e-9), 3)
-        unconditional = None
-        if hasattr(inverter, "invert_unconditional"):
-            with torch.inference_mode():
-                unconditional = check_images(inverter.invert_unconditional(len(recon)), len(recon), resolution)
+        if mode == "none":
+            inverted = fit_and_invert(factory, train, truth.x, test_prefix)
+        else:
+            if not _trains_in_fit(suite, task, probe):  # its fit loads a checkpoint: no extra pairs to send
+                train.manipulations = ()
+            inverted = fit_and_invert_isolated(factory_bytes or pickled_factory(factory), train, truth.x, test_prefix,
+                                               child_files(suite, task, probe), cfg, mode, record)
     except Exception as exc:  # a bad submission fails its task, never the run
+        if isinstance(exc, ChildFailed):
+            return record.fail(exc.reason, exc.details or exc.reason)
         return record.fail(f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=3)[-2000:])
+    record.fit_s, record.predict_per_s = inverted.fit_s, inverted.predict_per_s
     if resolution != info.image_size:
         record.notes.append(f"reconstructions at {resolution} px resized to {info.image_size} px (bicubic, antialiased)")
-    record.metrics = score_images(resize_images(recon, info.image_size).clamp(0, 1), truth, task, info, models, cfg)
-    if unconditional is not None:
+    record.metrics = score_images(resize_images(inverted.recon, info.image_size).clamp(0, 1), truth, task, info,
+                                     models, cfg)
+    if inverted.unconditional is not None:
         record.reference_points["unconditional"] = score_images(
-            resize_images(unconditional, info.image_size).clamp(0, 1), truth, task, info, models, cfg)
-    record_description(record, inverter, ("steps", "stopped_by", "sampler", "weights_sha256"))
+            resize_images(inverted.unconditional, info.image_size).clamp(0, 1), truth, task, info, models, cfg)
+    record_described(record, inverted.described, DESCRIBED_KEYS)
     record.status = "ok"
     return record
+
+
+def _trains_in_fit(suite: Suite, task: Task, inverter: Inverter) -> bool:
+    """False for a `CheckpointedInverter` whose checkpoint for `task` is in the cache: its fit
+    loads it as it is (and needs no training pairs beyond its task's)."""
+    return not (isinstance(inverter, CheckpointedInverter)
+                and read_record(checkpoint_dir(suite.name, task.backbone, task.layer, inverter.name)) is not None)
 
 
 def run_invert_track(factory: Callable[[], Inverter], suite: Suite, tasks: list[Task], out: str | Path,
@@ -267,9 +389,17 @@ def run_invert_track(factory: Callable[[], Inverter], suite: Suite, tasks: list[
     model = model_identity(factory)
     model["metadata"]["invert_settings"] = invert_settings(suite)
     models = Models()
-    return run_tasks("invert", model, lambda task: evaluate_invert_task(factory, suite, task, cfg, models),
-                     suite, tasks, out, cfg, progress,
-                     reusable=lambda task, rec: scored_current_checkpoint(suite, task, model["name"], rec),
+    mode = cfg.isolation.resolved()
+    factory_bytes = None if mode == "none" else pickled_factory(factory)  # fails at once for a model that cannot go
+
+    def evaluate(task: Task) -> TaskRecord:
+        return evaluate_invert_task(factory, suite, task, cfg, models, mode=mode, factory_bytes=factory_bytes)
+
+    def reusable(task: Task, rec: TaskRecord) -> bool:  # scored the way this run scores, of the checkpoint at hand
+        return rec.scoring == scoring_mode(suite, mode) and scored_current_checkpoint(suite, task,
+                                                                                             model["name"], rec)
+
+    return run_tasks("invert", model, evaluate, suite, tasks, out, cfg, progress, reusable=reusable,
                      executor=executor)
 
 

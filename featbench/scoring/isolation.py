@@ -2,8 +2,9 @@
 
 The parent (the evaluator) writes what the child may have into a private temporary folder made
 for this one job (never the cache): the training pairs, the task's public metadata and the test
-*inputs*, plus the pickled model factory. The child (``python -m featbench.scoring.isolation
-JOB``) fits and predicts and writes its predictions back; the parent checks them again and
+*inputs*, plus the pickled model factory, and, read-only in the job's own cache, the few files it
+may load through featbench (an inverter's checkpoint for its task, public pinned weights). The
+child (``python -m featbench.scoring.isolation JOB``) fits and predicts and writes its predictions back; the parent checks them again and
 scores them. The child's environment is scrubbed (no ``FEATBENCH_CACHE``; ``HOME`` and the
 featbench cache point at empty folders of the job), and it runs under limits:
 
@@ -26,9 +27,8 @@ Modes (`Isolation.mode`):
   (and the reason in each task record's notes).
 - ``none``: in the evaluator's own process (for debugging; ``featbench run --no-isolation``).
 
-The map track runs this way (`featbench.scoring.map_track`); the invert track runs in-process
-(its inverters read checkpoints and other tasks' training pairs from the cache) and says so in
-its records.
+Both tracks run this way: `featbench.scoring.map_track` (fit and predict) and
+`featbench.scoring.invert_track` (fit and invert; the test images stay with the parent).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import io
 import json
 import os
 import pickle
+import pickletools
 import resource
 import shutil
 import signal
@@ -157,10 +158,14 @@ def warn_unsandboxed(problem: str) -> None:
 # --- the parent --------------------------------------------------------------------------------
 
 
-def _user_module_files() -> list[str]:
-    """Files loaded as modules by path (``file.py:Class`` models): the child loads them first."""
+def _user_module_files(factory_bytes: bytes) -> list[str]:
+    """The files loaded as modules by path (``file.py:Class`` models) that the pickled factory
+    names: the child loads them first, and sees their folders. Others this process loaded (earlier
+    models') stay out of its view."""
+    named = {op_arg.split()[0] for _, op_arg, _ in pickletools.genops(factory_bytes)
+             if isinstance(op_arg, str) and op_arg.startswith(USER_MODULE_PREFIX)}
     return sorted(str(Path(m.__file__).resolve()) for name, m in list(sys.modules.items())
-                  if name.startswith(USER_MODULE_PREFIX) and getattr(m, "__file__", None))
+                  if name in named and getattr(m, "__file__", None))
 
 
 def pickled_factory(factory: Callable[[], Any]) -> bytes:
@@ -178,16 +183,13 @@ def _python_paths() -> list[str]:
     return [p for p in sys.path if p and Path(p).exists()]
 
 
-def _model_roots() -> list[str]:
-    """Folders the model's code is imported from that sys.path may not name (user files)."""
-    return [str(Path(f).parent) for f in _user_module_files()]
 
 
 def _within(path: Path, roots: list[Path]) -> bool:
     return any(path == r or r in path.parents for r in roots)
 
 
-def _sandbox_command(job: Path, visible: list[str]) -> list[str]:
+def _sandbox_command(job: Path, visible: list[str], files: dict[Path, str]) -> list[str]:
     # A fresh /tmp, /proc and /dev first: the binds after them may lie inside (a model file in /tmp).
     cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
@@ -203,6 +205,8 @@ def _sandbox_command(job: Path, visible: list[str]) -> list[str]:
             cmd += ["--ro-bind", path, path]
             roots.append(Path(path))
     cmd += ["--ro-bind", str(job / _JOB_IN), f"/job/{_JOB_IN}", "--bind", str(job / _JOB_OUT), f"/job/{_JOB_OUT}"]
+    for placeholder, host in files.items():  # each over its empty placeholder in the job's cache
+        cmd += ["--ro-bind", host, "/job/" + str(placeholder.relative_to(job))]
     # Empty folders over the caches wherever a visible folder holds them.
     for hidden in {cache_dir().resolve(), Path(platformdirs.user_cache_dir()).resolve(), Path.home() / ".cache"}:
         if _within(hidden, roots) and hidden.is_dir():
@@ -219,13 +223,35 @@ def _limits(memory: int, cpu_s: int | None) -> Callable[[], None]:
     return apply
 
 
+def _cache_files(job: Path, files: dict[str, str | Path], mode: str) -> dict[Path, str]:
+    """Put `files` (path in the child's cache → file here) into the job's own cache: in the sandbox
+    an empty placeholder each, mounted over read-only (`_sandbox_command`); else a read-only copy."""
+    placed = {}
+    for relative, host in files.items():
+        if Path(relative).is_absolute() or ".." in Path(relative).parts:
+            raise FeatbenchError(f"a file for the scoring process must lie inside its cache: {relative!r}")
+        inside = job / _JOB_OUT / "home" / "cache" / relative
+        inside.parent.mkdir(parents=True, exist_ok=True)
+        host = str(Path(host).resolve())
+        if mode == "sandbox":
+            inside.touch()
+        else:
+            shutil.copyfile(host, inside)
+            inside.chmod(0o444)
+        placed[inside] = host
+    return placed
+
+
 def run_in_child(entry: str, factory_bytes: bytes, tensors: dict[str, torch.Tensor | None], meta: dict[str, Any],
-                 isolation: Isolation, mode: str, wall_s: float) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                 isolation: Isolation, mode: str, wall_s: float, files: dict[str, str | Path] | None = None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Run ``entry(factory, tensors, meta)`` (a ``module:function`` name) in a child process in
     `mode` (``sandbox`` or ``process``) under `isolation`'s limits; its (tensors, meta).
 
-    The child sees only what is passed here. `ChildFailed` when it raises, runs past its wall
-    limit, or dies; its `reason` names the cause.
+    The child sees only what is passed here: `tensors`, `meta`, and `files` ({path in its cache:
+    file here}, read-only: public weights and checkpoints it may load through featbench's cache,
+    never the cache itself). `ChildFailed` when it raises, runs past its wall limit, or dies; its
+    `reason` names the cause.
     """
     threads, memory = isolation.thread_count(), isolation.memory_bytes()
     job = Path(tempfile.mkdtemp(prefix="featbench-job-"))  # mode 0700: this user's alone
@@ -234,10 +260,12 @@ def run_in_child(entry: str, factory_bytes: bytes, tensors: dict[str, torch.Tens
         (job / _JOB_OUT).mkdir()
         home = job / _JOB_OUT / "home"
         home.mkdir()
+        placed = _cache_files(job, files or {}, mode)
+        user_modules = _user_module_files(factory_bytes)
         save_tensors(job / _JOB_IN / "tensors.safetensors", {k: v for k, v in tensors.items() if v is not None})
         (job / _JOB_IN / "factory.pkl").write_bytes(factory_bytes)
         (job / _JOB_IN / "job.json").write_text(json.dumps(
-            {"entry": entry, "meta": meta, "threads": threads, "user_modules": _user_module_files()}))
+            {"entry": entry, "meta": meta, "threads": threads, "user_modules": user_modules}))
         inside = Path("/job") if mode == "sandbox" else job
         paths = _python_paths()
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PYTHONPATH": os.pathsep.join(paths),
@@ -248,8 +276,8 @@ def run_in_child(entry: str, factory_bytes: bytes, tensors: dict[str, torch.Tens
         cmd = [sys.executable, "-m", "featbench.scoring.isolation", str(inside)]
         if mode == "sandbox":
             visible = [sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).resolve().parent),
-                       *paths, *_model_roots()]
-            cmd = _sandbox_command(job, visible) + ["--chdir", "/tmp", "--"] + cmd
+                       *paths, *(str(Path(f).parent) for f in user_modules)]  # the model's own folders
+            cmd = _sandbox_command(job, visible, placed) + ["--chdir", "/tmp", "--"] + cmd
         start = time.perf_counter()
         try:
             proc = subprocess.run(cmd, env=env, cwd=str(home), capture_output=True, timeout=wall_s,

@@ -150,14 +150,10 @@ def scoring_mode(suite: Suite, mode: str) -> dict[str, str]:
     return {"isolation": mode, "test_targets": suite.test_targets}
 
 
-def record_description(record: TaskRecord, model: Any, keys: tuple[str, ...]) -> dict:
-    """The model's own account of its fit (its ``describe()``, if it has one): its ``n_params``
-    into the record, and each of `keys` that it gives into its provenance. Returns the account."""
-    return record_described(record, model.describe() if hasattr(model, "describe") else {}, keys)
-
-
 def record_described(record: TaskRecord, described: dict, keys: tuple[str, ...]) -> dict:
-    """`record_description` from the account itself (as an isolated scoring process returns it)."""
+    """The model's own account of its fit (its ``describe()``, as the fit's process returns it):
+    its ``n_params`` into the record, and each of `keys` that it gives into its provenance.
+    Returns the account."""
     if described.get("n_params") is not None:
         record.n_params = int(described["n_params"])
     for key in keys:

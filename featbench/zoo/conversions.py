@@ -13,10 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import onnx
 import timm
 import torch
-from onnx import numpy_helper
 from timm.layers import resample_abs_pos_embed
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
 
@@ -117,6 +115,8 @@ class _OnnxWeights:
     """An ONNX graph's initializers, looked up by name or by the node that consumes them."""
 
     def __init__(self, path: str | Path) -> None:
+        import onnx  # here: only the DINOv2 conversion reads ONNX, and onnx takes seconds to import
+
         self.path = path
         graph = onnx.load(str(path)).graph
         self._initializers = {init.name: init for init in graph.initializer}
@@ -129,6 +129,8 @@ class _OnnxWeights:
         if name not in self._initializers:
             raise AssetError(f"{self.path}: no initializer {name!r}")
         # to_array may return a read-only view of the protobuf's bytes; torch wants its own copy.
+        from onnx import numpy_helper
+
         return torch.from_numpy(np.array(numpy_helper.to_array(self._initializers[name])))
 
     def consumed_by(self, node_name: str) -> torch.Tensor:
