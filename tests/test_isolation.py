@@ -63,8 +63,11 @@ def test_baselines_score_the_same_isolated_as_in_process(tiny_suite, tmp_path):
 
 def _not_shipped(walk: list[str]) -> list[str]:
     """The files a child found, less the checkpoints that ship with the suites: public files
-    beside featbench's own code, which the child imports."""
-    return [f for f in walk if not f.startswith(str(suites_dir() / "checkpoints"))]
+    beside featbench's own code, which the child imports (from a checkout's ``tasks/`` or an
+    installed package's ``_suites/``, which an editable install also holds)."""
+    shipped = tuple("/" + p.relative_to(suites_dir()).as_posix()
+                    for p in (suites_dir() / "checkpoints").rglob("*") if p.is_file())
+    return [f for f in walk if not f.endswith(shipped)] if shipped else list(walk)
 
 
 def _attack(tiny_suite, mode: str):
