@@ -90,8 +90,9 @@ class _Entry:
 
 _REGISTRY: Registry[_Entry] = Registry("manipulation")
 # Modules that register manipulations of their own (the semantic edits, with their saliency
-# models), imported by name when the registry is first read: importing this module stays light.
-PLUGIN_MODULES = ("featbench.data.semantic",)
+# models; the given edit pairs), imported by name when the registry is first read: importing
+# this module stays light.
+PLUGIN_MODULES = ("featbench.data.semantic", "featbench.data.edit_pairs")
 
 
 def _registry() -> Registry[_Entry]:
