@@ -264,6 +264,9 @@ def _check_params(p: Mapping[str, Any]) -> None:
         raise ManipulationParamError(f"manipulation {MANIPULATION} needs both source and manifest_sha256")
 
 
+# After the built-in semantic edits, whichever module is imported first: the listing order is fixed.
+import featbench.data.semantic  # noqa: E402,F401
+
 # The unset defaults pass the check (a suite file may name the kind first); a build without them fails clearly.
 register_manipulation(MANIPULATION, "semantic", apply_edit_pairs, {"source": "", "manifest_sha256": ""},
                       check=_check_params, contextual=True)
