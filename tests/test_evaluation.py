@@ -12,7 +12,7 @@ import torch
 
 import featbench as fb
 from baselines.linear import Linear
-from featbench.scoring import map_track, runner
+from featbench.scoring import map_track, runner, submission
 from featbench.scoring.map_track import run_map_track
 from featbench.scoring.isolation import Isolation
 from featbench.scoring.runner import RunConfig
@@ -176,7 +176,7 @@ def test_bad_submission_fails_its_task_and_the_run_goes_on(tiny_suite, tmp_path,
 
 
 def test_time_budget_is_enforced(tiny_suite, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "BUDGET_GRACE", 1.0)
+    monkeypatch.setattr(submission, "BUDGET_GRACE", 1.0)
     factory = type("Slow", (_Bad,), {"mode": "slow"})
     cfg = RunConfig(seed=0, n_boot=20, time_budget_s=0.5, isolation=NO_ISOLATION)
     res = _run(tiny_suite, factory, tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/rot90", cfg=cfg)

@@ -96,7 +96,7 @@ def test_an_attacker_in_the_sandbox_gets_no_test_targets(tiny_suite):
     assert findings["default cache"] == "absent"
     assert findings["known cache path"] == []  # its absolute path: an empty folder
     assert _not_shipped(findings["walk"]) == ["/job/in/tensors.safetensors"]  # only what it was sent
-    assert torch.equal(fitted.pred, test.x)  # so it predicts its input: the identity floor
+    assert torch.equal(fitted.outputs["pred"], test.x)  # so it predicts its input: the identity floor
 
 
 def test_without_the_sandbox_the_child_still_gets_no_targets_through_featbench(tiny_suite):
@@ -219,4 +219,4 @@ def test_an_inverter_attacker_in_the_sandbox_gets_no_test_images(suite, in_suite
     # Besides what it was sent, LPIPS's public weights alone (the tiny backbone has no weights file).
     assert given and all(p.startswith("/job/out/home/cache/assets/lpips_alex") for p in given)
     mean = train.images.mean(dim=0).expand(len(test_x), -1, -1, -1)
-    assert torch.equal(inverted.recon, mean)  # so it returns the mean training image
+    assert torch.equal(inverted.outputs["recon"], mean)  # so it returns the mean training image

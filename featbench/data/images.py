@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
-from torchvision.transforms import InterpolationMode
 
 from featbench.core.errors import DataError
 from featbench.core.hashing import sha256_file, sha256_json
@@ -271,6 +269,11 @@ def views(image: Image.Image, n_views: int, resize: int, crop: int, interpolatio
     RandomResizedCrop) resized to `crop`, flipped horizontally with probability 1/2. Each yields
     float32 3×crop×crop pixels in [0, 255].
     """
+    # Imported here: torchvision takes seconds to import (its models pull in torch._dynamo), and
+    # every isolated scoring child imports this module (through the manipulations) but needs no view.
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
     mode = InterpolationMode(interpolation)
     center = TF.center_crop(TF.resize(image, resize, interpolation=mode), crop)
     yield TF.pil_to_tensor(center).float()

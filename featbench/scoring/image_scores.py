@@ -66,8 +66,9 @@ from featbench.data.targets import aligned_targets, manipulated_images, unit_to_
 from featbench.interfaces.checkpoints import CheckpointError, export_checkpoint, install_checkpoint, read_record
 from featbench.interfaces.inverter import checkpoint_dir, resolve_inverter
 from featbench.scoring import metrics
-from featbench.scoring.invert_track import invert_all, invert_data, invert_info
+from featbench.scoring.invert_track import invert_data, invert_info
 from featbench.scoring.runner import RunConfig
+from featbench.scoring.submission import invert_all
 
 # Bump when what is cached here changes meaning.
 IMAGE_CACHE_VERSION = 1

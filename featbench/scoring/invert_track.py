@@ -38,9 +38,7 @@ documents (each row's own view, resized, 8-bit), cached by key.
 from __future__ import annotations
 
 import shutil
-import time
-import traceback
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -59,15 +57,14 @@ from featbench.data.targets import aligned_targets, as_unit, manipulated_images,
 from featbench.interfaces.checkpoints import RECORD, read_record
 from featbench.interfaces.inverter import (CheckpointedInverter, InvertData, InvertInfo, Inverter, checkpoint_dir,
                                            resolve_inverter)
-from featbench.interfaces.mapper import with_prefix
 from featbench.scoring import metrics
 from featbench.scoring.executors import Executor
-from featbench.scoring.isolation import ChildFailed, child_wall_limit, pickled_factory, run_in_child
-from featbench.scoring.runner import (Models, RunConfig, hard_limit, model_identity, new_task_record,
-                                      record_described, run_tasks, scoring_mode, seed_everything, timed_fit)
+from featbench.scoring.isolation import pickled_factory
+from featbench.scoring.runner import (Models, RunConfig, failed_submission, isolated_fit, model_identity,
+                                      new_task_record, record_described, run_tasks, scoring_mode)
+from featbench.scoring.submission import Fitted, check_images, fit_and_invert
 from featbench.zoo import BACKBONES, assets
 
-INVERT_BATCH = 32
 SCORE_BATCH = 32
 # The suite's ``invert:`` section overrides these (and may pin ``sampler: {steps, guidance}``).
 DEFAULT_SETTINGS: dict[str, Any] = {"classifier": "efficientnet_lite0", "image_size": 64}
@@ -114,100 +111,15 @@ def _manipulated_train_data(suite: Suite, info: InvertInfo, resolution: int, nam
     return InvertData(info, column_tensor(ds, "y"), as_unit(images), ids, views, column_tensor(ds, "y_prefix"))
 
 
-# --- checks and inversion ----------------------------------------------------------------------
-
-
-def check_images(out: Any, n: int, size: int) -> torch.Tensor:
-    """`out` as float32 CPU images after checking type, shape, dtype, finiteness and range."""
-    if not isinstance(out, torch.Tensor):
-        raise FeatbenchError(f"invert returned {type(out).__name__}; expected a torch.Tensor")
-    want = (n, 3, size, size)
-    if tuple(out.shape) != want:
-        raise FeatbenchError(f"invert returned images of shape {tuple(out.shape)}; expected {want}")
-    if not out.is_floating_point():
-        raise FeatbenchError(f"invert returned images of dtype {out.dtype}; expected floats in [0, 1]")
-    out = out.detach().to("cpu", torch.float32)
-    if not torch.isfinite(out).all():
-        raise FeatbenchError(f"invert returned {int((~torch.isfinite(out)).sum())} non-finite values (NaN or inf)")
-    lo, hi = float(out.min()), float(out.max())
-    if lo < 0 or hi > 1:
-        raise FeatbenchError(f"invert returned values outside [0, 1] (min {lo:.4g}, max {hi:.4g})")
-    return out
-
-
-def invert_all(inverter: Inverter, x: torch.Tensor, prefix: torch.Tensor | None, size: int) -> torch.Tensor:
-    """`inverter`'s reconstructions of maps `x` (with their prefix), in batches, each checked (`check_images`)."""
-    out = []
-    for i in range(0, len(x), INVERT_BATCH):
-        xb = x[i:i + INVERT_BATCH].clone()
-        pb = None if prefix is None else prefix[i:i + INVERT_BATCH].clone()
-        with torch.inference_mode():
-            out.append(check_images(inverter.invert(with_prefix(xb, pb)), len(xb), size))
-    return torch.cat(out)
-
-
-# --- a submission's fit and inversion: here, or in an isolated child ----------------------------
+# --- a submission's fit and inversion in an isolated child --------------------------------------
 
 DESCRIBED_KEYS = ("steps", "stopped_by", "sampler", "weights_sha256")  # noted from an inverter's describe()
-
-
-@dataclass
-class Inverted:
-    """What an inverter's fit and inversion give the evaluator: its reconstructions of the test
-    maps (and unconditional samples, if it draws them), timings and its own account."""
-
-    recon: torch.Tensor
-    unconditional: torch.Tensor | None
-    fit_s: float
-    predict_per_s: float
-    described: dict[str, Any]
-
-
-def fit_and_invert(factory: Callable[[], Inverter], train: InvertData, test_x: torch.Tensor,
-                   test_prefix: torch.Tensor | None) -> Inverted:
-    """Seed, make a fresh inverter, fit it under its budget and invert the test maps: all that a
-    submission's code does, in this process (an isolated child calls it with what it was sent)."""
-    seed_everything(train.info.seed)
-    inverter = factory()
-    fit_s = timed_fit(lambda: inverter.fit(train), train.info.time_budget_s)
-    start = time.perf_counter()
-    recon = invert_all(inverter, test_x, test_prefix, train.resolution)
-    predict_per_s = round(len(recon) / max(time.perf_counter() - start, 1e-9), 3)
-    unconditional = None
-    if hasattr(inverter, "invert_unconditional"):
-        with torch.inference_mode():
-            unconditional = check_images(inverter.invert_unconditional(len(recon)), len(recon), train.resolution)
-    described = inverter.describe() if hasattr(inverter, "describe") else {}
-    return Inverted(recon, unconditional, fit_s, predict_per_s, described)
 
 
 def _sent_data(prefix: str, data: InvertData, tensors: dict[str, torch.Tensor | None]) -> dict[str, Any]:
     """`data`'s tensors into `tensors` under `prefix`; its rows' ids and views (for the metadata)."""
     tensors |= {f"{prefix}x": data.x, f"{prefix}images": data.images, f"{prefix}x_prefix": data.x_prefix}
     return {"image_ids": data.image_ids, "views": data.views}
-
-
-def _received_data(prefix: str, info: InvertInfo, tensors: dict[str, torch.Tensor], rows: dict) -> InvertData:
-    return InvertData(info, tensors[f"{prefix}x"], tensors[f"{prefix}images"], rows["image_ids"], rows["views"],
-                      tensors.get(f"{prefix}x_prefix"))
-
-
-def child_job(factory: Callable[[], Inverter], tensors: dict[str, torch.Tensor], meta: dict[str, Any]):
-    """`fit_and_invert` inside an isolated child (`featbench.scoring.isolation.run_in_child`):
-    from the tensors and metadata it was sent to the tensors and metadata it sends back."""
-    info = meta["info"]
-    info = InvertInfo(**info | {"shape": tuple(info["shape"]),
-                                "prefix_shape": info["prefix_shape"] and tuple(info["prefix_shape"])})
-    train = _received_data("train.", info, tensors, meta["train"])
-    manipulated = meta["manipulated"]
-    train.manipulations = tuple(manipulated)
-    train.manipulated_loader = lambda name: _received_data(f"{name}.", info, tensors, manipulated[name])
-    inverted = fit_and_invert(factory, train, tensors["test.x"], tensors.get("test.x_prefix"))
-    out = {"recon": inverted.recon} | ({} if inverted.unconditional is None else
-                                       {"unconditional": inverted.unconditional})
-    described = {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
-                 for k, v in inverted.described.items()}
-    return out, {"fit_s": inverted.fit_s, "predict_per_s": inverted.predict_per_s, "described": described}
 
 
 def child_files(suite: Suite, task: Task, inverter: Inverter) -> dict[str, Path]:
@@ -303,29 +215,24 @@ def _reference_points(suite: Suite, task: Task, data: TaskData, info: InvertInfo
 
 def fit_and_invert_isolated(factory_bytes: bytes, train: InvertData, test_x: torch.Tensor,
                             test_prefix: torch.Tensor | None, files: dict[str, Path], cfg: RunConfig, mode: str,
-                            record: TaskRecord) -> Inverted:
+                            record: TaskRecord) -> Fitted:
     """`fit_and_invert` in a child process (`mode` ``sandbox`` or ``process``) that is sent the
     training pairs (with those under the manipulations `train` offers, loaded here), the task's
     metadata, the test maps and `files` (`child_files`) alone: never a test image. Its images are
-    checked here again (nothing a child writes is trusted). Notes the limits and the overhead."""
-    wall_s = child_wall_limit(cfg.isolation, hard_limit(train.info.time_budget_s))
-    record.record("isolation limits", cfg.isolation.describe(wall_s))
+    checked here again (nothing a child writes is trusted)."""
     tensors: dict[str, torch.Tensor | None] = {"test.x": test_x, "test.x_prefix": test_prefix}
     meta = {"info": {f.name: getattr(train.info, f.name) for f in fields(InvertInfo)},
             "train": _sent_data("train.", train, tensors),
             "manipulated": {name: _sent_data(f"{name}.", train.with_manipulation(name), tensors)
                             for name in train.manipulations}}
-    out, meta = run_in_child("featbench.scoring.invert_track:child_job", factory_bytes, tensors, meta, cfg.isolation,
-                             mode, wall_s, files)
-    if "recon" not in out:
-        raise FeatbenchError("the scoring process returned no reconstructions")
     n, size = len(test_x), train.resolution
-    recon = check_images(out["recon"], n, size)
-    unconditional = check_images(out["unconditional"], n, size) if "unconditional" in out else None
-    fit_s, predict_per_s = float(meta["fit_s"]), float(meta["predict_per_s"])
-    overhead = meta["child_wall_s"] - fit_s - n / max(predict_per_s, 1e-9)
-    record.record("isolation overhead_s", round(max(overhead, 0.0), 2))
-    return Inverted(recon, unconditional, fit_s, predict_per_s, dict(meta.get("described", {})))
+    fitted = isolated_fit("featbench.scoring.submission:invert_child_job", factory_bytes, tensors, meta,
+                          train.info.time_budget_s, n, cfg, mode, record, files)
+    if "recon" not in fitted.outputs:
+        raise FeatbenchError("the scoring process returned no reconstructions")
+    fitted.outputs = {name: check_images(images, n, size) for name, images in fitted.outputs.items()
+                      if name in ("recon", "unconditional")}
+    return fitted
 
 
 def evaluate_invert_task(factory: Callable[[], Inverter], suite: Suite, task: Task, cfg: RunConfig,
@@ -352,25 +259,23 @@ def evaluate_invert_task(factory: Callable[[], Inverter], suite: Suite, task: Ta
         train = invert_data(suite, data, info, resolution, "train")
         test_prefix = column_tensor(data.test, "x_prefix")
         if mode == "none":
-            inverted = fit_and_invert(factory, train, truth.x, test_prefix)
+            fitted = fit_and_invert(factory, train, truth.x, test_prefix)
         else:
             if not _trains_in_fit(suite, task, probe):  # its fit loads a checkpoint: no extra pairs to send
                 train.manipulations = ()
-            inverted = fit_and_invert_isolated(factory_bytes or pickled_factory(factory), train, truth.x, test_prefix,
+            fitted = fit_and_invert_isolated(factory_bytes or pickled_factory(factory), train, truth.x, test_prefix,
                                                child_files(suite, task, probe), cfg, mode, record)
-    except Exception as exc:  # a bad submission fails its task, never the run
-        if isinstance(exc, ChildFailed):
-            return record.fail(exc.reason, exc.details or exc.reason)
-        return record.fail(f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=3)[-2000:])
-    record.fit_s, record.predict_per_s = inverted.fit_s, inverted.predict_per_s
+    except Exception as exc:
+        return failed_submission(record, exc)
+    record.fit_s, record.predict_per_s = fitted.fit_s, fitted.per_s
     if resolution != info.image_size:
         record.notes.append(f"reconstructions at {resolution} px resized to {info.image_size} px (bicubic, antialiased)")
-    record.metrics = score_images(resize_images(inverted.recon, info.image_size).clamp(0, 1), truth, task, info,
-                                     models, cfg)
-    if inverted.unconditional is not None:
+    record.metrics = score_images(resize_images(fitted.outputs["recon"], info.image_size).clamp(0, 1), truth, task,
+                                  info, models, cfg)
+    if "unconditional" in fitted.outputs:
         record.reference_points["unconditional"] = score_images(
-            resize_images(inverted.unconditional, info.image_size).clamp(0, 1), truth, task, info, models, cfg)
-    record_described(record, inverted.described, DESCRIBED_KEYS)
+            resize_images(fitted.outputs["unconditional"], info.image_size).clamp(0, 1), truth, task, info, models, cfg)
+    record_described(record, fitted.described, DESCRIBED_KEYS)
     record.status = "ok"
     return record
 

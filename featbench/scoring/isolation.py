@@ -28,7 +28,9 @@ Modes (`Isolation.mode`):
 - ``none``: in the evaluator's own process (for debugging; ``featbench run --no-isolation``).
 
 Both tracks run this way: `featbench.scoring.map_track` (fit and predict) and
-`featbench.scoring.invert_track` (fit and invert; the test images stay with the parent).
+`featbench.scoring.invert_track` (fit and invert; the test images stay with the parent), through
+the entry points of `featbench.scoring.submission`, the one module a child imports beyond torch
+(so that its start-up costs about the import of torch).
 """
 
 from __future__ import annotations

@@ -17,8 +17,6 @@ already scored.
 
 from __future__ import annotations
 
-import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -32,16 +30,15 @@ from featbench.core.paths import cache_dir
 from featbench.data.images import seed_for
 from featbench.data.storage import TaskData, column_tensor, load_task
 from featbench.data.targets import changed_cells
-from featbench.data.manipulations import get_manipulation
 from featbench.data.suites import Suite, Task
-from featbench.interfaces.mapper import MapData, Mapper, TaskInfo, with_prefix
+from featbench.interfaces.mapper import MapData, Mapper, TaskInfo
 from featbench.scoring import image_scores, metrics
 from featbench.scoring.executors import Executor
-from featbench.scoring.isolation import ChildFailed, child_wall_limit, pickled_factory, run_in_child
+from featbench.scoring.isolation import pickled_factory
 from featbench.core.results import TaskRecord
-from featbench.scoring.runner import (BATCH, Models, RunConfig, hard_limit, model_identity, new_task_record,
-                                      record_described, run_tasks, scoring_mode, seed_everything,
-                                      timed_fit)
+from featbench.scoring.runner import (Models, RunConfig, failed_submission, isolated_fit, model_identity,
+                                      new_task_record, record_described, run_tasks, scoring_mode)
+from featbench.scoring.submission import Fitted, check_prediction, fit_and_predict
 
 # Bump when the metrics change, so cached scores are recomputed.
 SCORE_CACHE_VERSION = 1
@@ -58,43 +55,6 @@ def task_info(suite: Suite, task: Task, data: TaskData, cfg: RunConfig) -> TaskI
 def map_data(ds, info: TaskInfo) -> MapData:
     return MapData(info, column_tensor(ds, "x"), column_tensor(ds, "y"), list(ds["image_id"]),
                    column_tensor(ds, "x_prefix"), column_tensor(ds, "y_prefix"))
-
-
-def check_prediction(pred: Any, x: torch.Tensor, prefix: torch.Tensor | None):
-    """(maps, predicted prefix or None) after checking type, shape, dtype and finiteness."""
-    pred_prefix = None
-    if isinstance(pred, tuple):
-        if len(pred) != 2:
-            raise FeatbenchError(f"predict returned a tuple of {len(pred)}; expected maps or (maps, prefix)")
-        pred, pred_prefix = pred
-    for what, got, want in (("maps", pred, x), ("prefix", pred_prefix, prefix)):
-        if got is None:
-            continue
-        if want is None:
-            raise FeatbenchError("predict returned a prefix, but this backbone's maps have none")
-        if not isinstance(got, torch.Tensor):
-            raise FeatbenchError(f"predict returned {type(got).__name__} {what}; expected a torch.Tensor")
-        if tuple(got.shape) != tuple(want.shape):
-            raise FeatbenchError(f"predict returned {what} of shape {tuple(got.shape)}; expected {tuple(want.shape)}")
-        if not got.is_floating_point():
-            raise FeatbenchError(f"predict returned {what} of dtype {got.dtype}; expected a floating dtype")
-        if not torch.isfinite(got).all():
-            bad = int((~torch.isfinite(got)).sum())
-            raise FeatbenchError(f"predict returned {bad} non-finite values (NaN or inf) in its {what}")
-    return pred.detach().float(), None if pred_prefix is None else pred_prefix.detach().float()
-
-
-def predict_all(mapper: Mapper, x: torch.Tensor, prefix: torch.Tensor | None):
-    maps, prefixes, any_prefix = [], [], False
-    for i in range(0, len(x), BATCH):
-        xb = x[i:i + BATCH].clone()
-        pb = None if prefix is None else prefix[i:i + BATCH].clone()
-        with torch.inference_mode():
-            m, p = check_prediction(mapper.predict(with_prefix(xb, pb)), xb, pb)
-        maps.append(m)
-        any_prefix |= p is not None
-        prefixes.append(p if p is not None else pb)
-    return torch.cat(maps), (torch.cat(prefixes) if prefix is not None else None), any_prefix
 
 
 @dataclass(frozen=True)
@@ -164,54 +124,6 @@ def _reference_points(task: Task, tails: Models, test: MapData, target_key: str,
             | (images.score(pred, test.x_prefix) if images else {}) for name, pred in refs.items()}
 
 
-@dataclass
-class Fitted:
-    """What a mapper's fit and predict give the evaluator: the test predictions (and predicted
-    prefix, or the source's where it predicts none), timings and its own account (``describe()``)."""
-
-    pred: torch.Tensor
-    pred_prefix: torch.Tensor | None
-    predicted_prefix: bool
-    fit_s: float
-    predict_per_s: float
-    described: dict[str, Any]
-
-
-def fit_and_predict(factory: Callable[[], Mapper], train: MapData, test_x: torch.Tensor,
-                    test_prefix: torch.Tensor | None) -> Fitted:
-    """Seed, make a fresh mapper, fit it under its budget and predict the test inputs: all that a
-    submission's code does, in this process (an isolated child calls it with what it was sent)."""
-    seed_everything(train.info.seed)
-    mapper = factory()
-    fit_s = timed_fit(lambda: mapper.fit(train), train.info.time_budget_s)
-    start = time.perf_counter()
-    pred, pred_prefix, predicted_prefix = predict_all(mapper, test_x, test_prefix)
-    predict_per_s = round(len(test_x) / max(time.perf_counter() - start, 1e-9), 2)
-    described = mapper.describe() if hasattr(mapper, "describe") else {}
-    return Fitted(pred, pred_prefix, predicted_prefix, fit_s, predict_per_s, described)
-
-
-def child_job(factory: Callable[[], Mapper], tensors: dict[str, torch.Tensor], meta: dict[str, Any]):
-    """`fit_and_predict` inside an isolated child (`featbench.scoring.isolation.run_in_child`):
-    from the tensors and metadata it was sent to the tensors and metadata it sends back."""
-    info = meta["info"]
-    manipulation = get_manipulation(info["manipulation"]["name"], **info["manipulation"]["params"])
-    task_info_ = TaskInfo(info["task_id"], info["backbone"], info["layer"], tuple(info["shape"]),
-                          None if info["prefix_shape"] is None else tuple(info["prefix_shape"]), manipulation,
-                          info["seed"], info["time_budget_s"])
-    train = MapData(task_info_, tensors["train_x"], tensors["train_y"], meta["image_ids"],
-                    tensors.get("train_x_prefix"), tensors.get("train_y_prefix"))
-    fitted = fit_and_predict(factory, train, tensors["test_x"], tensors.get("test_x_prefix"))
-    out = {"pred": fitted.pred} | ({"pred_prefix": fitted.pred_prefix} if fitted.predicted_prefix else {})
-    described = {}
-    for key, value in fitted.described.items():
-        if key == "linear":  # (W, b): tensors
-            out["linear.W"], out["linear.b"] = (v.detach().float().contiguous() for v in value)
-        else:
-            described[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
-    return out, {"fit_s": fitted.fit_s, "predict_per_s": fitted.predict_per_s, "described": described}
-
-
 def _info_meta(info: TaskInfo) -> dict[str, Any]:
     m = info.manipulation
     return {"task_id": info.task_id, "backbone": info.backbone, "layer": info.layer, "shape": list(info.shape),
@@ -225,26 +137,22 @@ def fit_and_predict_isolated(factory_bytes: bytes, train: MapData, test_x: torch
                              record: TaskRecord) -> Fitted:
     """`fit_and_predict` in a child process (`mode` ``sandbox`` or ``process``) that is sent the
     training pairs, the task's metadata and the test inputs alone; its predictions are checked
-    here again (nothing a child writes is trusted). Records the limits and the overhead."""
-    wall_s = child_wall_limit(cfg.isolation, hard_limit(train.info.time_budget_s))
-    record.record("isolation limits", cfg.isolation.describe(wall_s))
+    here again, and a ``linear`` account comes back as (W, b)."""
     tensors = {"train_x": train.x, "train_y": train.y, "train_x_prefix": train.x_prefix,
                "train_y_prefix": train.y_prefix, "test_x": test_x, "test_x_prefix": test_prefix}
-    out, meta = run_in_child("featbench.scoring.map_track:child_job", factory_bytes, tensors,
-                             {"info": _info_meta(train.info), "image_ids": train.image_ids}, cfg.isolation, mode, wall_s)
+    fitted = isolated_fit("featbench.scoring.submission:map_child_job", factory_bytes, tensors,
+                          {"info": _info_meta(train.info), "image_ids": train.image_ids},
+                          train.info.time_budget_s, len(test_x), cfg, mode, record)
+    out = fitted.outputs
     if "pred" not in out:
         raise FeatbenchError("the scoring process returned no predictions")
     predicted = out.get("pred_prefix")
     pred, pred_prefix = check_prediction(out["pred"] if predicted is None else (out["pred"], predicted), test_x,
                                          test_prefix)
-    described = dict(meta.get("described", {}))
+    fitted.outputs = {"pred": pred} | ({"pred_prefix": pred_prefix} if pred_prefix is not None else {})
     if "linear.W" in out and "linear.b" in out:
-        described["linear"] = (out["linear.W"], out["linear.b"])
-    fit_s, predict_per_s = float(meta["fit_s"]), float(meta["predict_per_s"])
-    overhead = meta["child_wall_s"] - fit_s - len(test_x) / max(predict_per_s, 1e-9)
-    record.record("isolation overhead_s", round(max(overhead, 0.0), 2))
-    return Fitted(pred, pred_prefix if predicted is not None else test_prefix, predicted is not None, fit_s,
-                  predict_per_s, described)
+        fitted.described["linear"] = (out["linear.W"], out["linear.b"])
+    return fitted
 
 
 def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, cfg: RunConfig,
@@ -273,14 +181,12 @@ def evaluate_map_task(factory: Callable[[], Mapper], suite: Suite, task: Task, c
         else:
             factory_bytes = factory_bytes or pickled_factory(factory)
             fitted = fit_and_predict_isolated(factory_bytes, train, test.x, test.x_prefix, cfg, mode, record)
-    except Exception as exc:  # a bad submission fails its task, never the run
-        if isinstance(exc, ChildFailed):
-            return record.fail(exc.reason, exc.details or exc.reason)
-        return record.fail(f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=3)[-2000:])
-    record.fit_s, record.predict_per_s = fitted.fit_s, fitted.predict_per_s
-    if test.x_prefix is not None and not fitted.predicted_prefix:
+    except Exception as exc:
+        return failed_submission(record, exc)
+    record.fit_s, record.predict_per_s = fitted.fit_s, fitted.per_s
+    if test.x_prefix is not None and "pred_prefix" not in fitted.outputs:
         record.notes.append("the mapper predicts no class-token prefix: the source's prefix was carried over")
-    pred, pred_prefix = fitted.pred, fitted.pred_prefix
+    pred, pred_prefix = fitted.outputs["pred"], fitted.outputs.get("pred_prefix", test.x_prefix)
     record.metrics = _scores(task, tails, pred, pred_prefix, test.y, test.y_prefix, target_key, labels, cfg, extras)
     if images:
         record.metrics |= images.score(pred, pred_prefix)

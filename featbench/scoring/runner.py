@@ -1,42 +1,35 @@
-"""What every track's run shares: its settings, the fit's time budget, seeding, the models loaded
-once per run, a new task record (`featbench.core.results.TaskRecord`), the model's identity, and
-the run loop that writes the result file after every task (so an interrupted run resumes). The
-tracks themselves are `featbench.scoring.map_track` and `featbench.scoring.invert_track`.
+"""What every track's run shares: its settings, the fit's time budget, a submission's fit in an
+isolated child and its failure, the models loaded once per run, a new task record
+(`featbench.core.results.TaskRecord`), the model's identity, and the run loop that writes the
+result file after every task (so an interrupted run resumes). The tracks themselves are
+`featbench.scoring.map_track` and `featbench.scoring.invert_track`; what a submission's code does
+(seed, fit under its budget, apply in checked batches) is `featbench.scoring.submission`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import random
-import signal
-import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 import featbench
 from featbench.core.cache import cached_tensor
-from featbench.core.errors import FeatbenchError
 from featbench.core.paths import cache_dir
 from featbench.core.plugins import source_sha256
 from featbench.core.results import (RESULT_SCHEMA_VERSION, ResultError, TaskRecord, check_writable, environment_info,
                                     git_commit, read_result, run_identity, write_result)
 from featbench.data.storage import TaskData, load_task
 from featbench.data.suites import Suite, Task
-from featbench.scoring.isolation import Isolation
+from featbench.scoring.isolation import ChildFailed, Isolation, child_wall_limit, run_in_child
 from featbench.scoring.executors import Executor, LocalExecutor
+from featbench.scoring.submission import BATCH, Fitted, hard_limit
 from featbench.zoo.backbones import Backbone, load_backbone
-
-BATCH = 64  # maps per forward pass of a mapper or a tail
-# A fit may overrun its budget by this much (the mapper is told the budget and should stop in
-# time; the grace absorbs the last step) before it is interrupted and the task fails.
-BUDGET_GRACE = 1.25
 
 
 @dataclass
@@ -51,10 +44,6 @@ class RunConfig:
     require_image_scores: bool = False
 
 
-class BudgetExceeded(FeatbenchError):
-    pass
-
-
 def fit_budget(factory: Any, requested: float | None, suite_default: float | None) -> float | None:
     """A model's fit budget per task: the one asked for (``--time-budget``), else the suite's run
     default (so that a demo suite stays short), else the one the model declares (a ``time_budget_s``
@@ -67,48 +56,28 @@ def fit_budget(factory: Any, requested: float | None, suite_default: float | Non
     return None if declared is None else float(declared)
 
 
-def hard_limit(budget_s: float | None) -> float | None:
-    """When a fit given `budget_s` seconds is interrupted."""
-    return None if budget_s is None else budget_s * BUDGET_GRACE + 5
+def isolated_fit(entry: str, factory_bytes: bytes, tensors: dict[str, torch.Tensor | None], meta: dict[str, Any],
+                 budget_s: float | None, n_test: int, cfg: RunConfig, mode: str, record: TaskRecord,
+                 files: dict[str, Path] | None = None) -> Fitted:
+    """A track's fit-then-apply (`entry`, a ``module:function`` of `featbench.scoring.submission`)
+    in a child process (`mode` ``sandbox`` or ``process``) sent `tensors`, `meta` and `files`
+    alone; its outputs are unchecked here (the track checks them: nothing a child writes is
+    trusted). Records the child's limits and its overhead (start-up and transfers)."""
+    wall_s = child_wall_limit(cfg.isolation, hard_limit(budget_s))
+    record.record("isolation limits", cfg.isolation.describe(wall_s))
+    outputs, back = run_in_child(entry, factory_bytes, tensors, meta, cfg.isolation, mode, wall_s, files)
+    fit_s, per_s = float(back["fit_s"]), float(back["per_s"])
+    overhead = back["child_wall_s"] - fit_s - n_test / max(per_s, 1e-9)
+    record.record("isolation overhead_s", round(max(overhead, 0.0), 2))
+    return Fitted(outputs, fit_s, per_s, dict(back.get("described", {})))
 
 
-@contextlib.contextmanager
-def _deadline(budget_s: float | None):
-    """Interrupt the body at `hard_limit(budget_s)` (main thread only; elsewhere checked afterwards)."""
-    seconds = hard_limit(budget_s)
-    if seconds is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_alarm(signum, frame):
-        raise BudgetExceeded(f"fit interrupted after {seconds:.0f} s: over its time budget ({budget_s:g} s)")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def timed_fit(fit: Callable[[], Any], budget_s: float | None) -> float:
-    """Run `fit` under its time budget; its wall seconds, or `BudgetExceeded` past the hard limit."""
-    start = time.perf_counter()
-    with _deadline(budget_s):
-        fit()
-    fit_s = round(time.perf_counter() - start, 3)
-    limit = hard_limit(budget_s)
-    if limit is not None and fit_s > limit:  # where no alarm could interrupt it (not the main thread)
-        raise BudgetExceeded(f"fit took {fit_s:.0f} s, over its time budget ({budget_s:g} s)")
-    return fit_s
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's generators (before each fit, so that fits repeat)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def failed_submission(record: TaskRecord, exc: Exception) -> TaskRecord:
+    """`record` failed by what a submission raised (called in its ``except``: a bad submission
+    fails its task, never the run); a child's failure keeps the reason the child gave."""
+    if isinstance(exc, ChildFailed):
+        return record.fail(exc.reason, exc.details or exc.reason)
+    return record.fail(f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=3)[-2000:])
 
 
 class Models:

@@ -39,8 +39,9 @@ from featbench.interfaces.checkpoints import read_record
 from featbench.interfaces.inverter import checkpoint_dir, resolve_inverter
 from featbench.scoring import metrics
 from featbench.scoring.image_scores import ImageScorer, MissingCheckpointError, Pin, pins, train_command
-from featbench.scoring.map_track import map_data, predict_all, task_info
-from featbench.scoring.runner import Models, RunConfig, seed_everything
+from featbench.scoring.map_track import map_data, task_info
+from featbench.scoring.runner import Models, RunConfig
+from featbench.scoring.submission import fit_and_predict
 
 TILE_MIN = 128  # px: a tile is max(TILE_MIN, R) pixels square
 LEFT = 190  # px for the row labels
@@ -111,11 +112,8 @@ def _predict(model: Model, suite, task, data) -> tuple[torch.Tensor, torch.Tenso
     cfg = RunConfig(seed=model.seed, time_budget_s=model.budgets.get(task.id, model.default_budget))
     info = task_info(suite, task, data, cfg)
     train, test = map_data(data.train, info), map_data(data.test, info)
-    seed_everything(info.seed)
-    mapper = model.factory()
-    mapper.fit(train)
-    pred, prefix, _ = predict_all(mapper, test.x, test.x_prefix)
-    return pred, prefix
+    outputs = fit_and_predict(model.factory, train, test.x, test.x_prefix).outputs
+    return outputs["pred"], outputs.get("pred_prefix", test.x_prefix)
 
 
 def _scorer(suite, task, data, n: int, tails, preset: str | None):
