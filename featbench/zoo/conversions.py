@@ -15,9 +15,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from featbench.core.errors import AssetError
+
 # timm is imported where a conversion runs: the asset registry imports this module, and every
 # isolated scoring child imports the registry (through the semantic edits) but converts nothing.
-from featbench.core.errors import AssetError
 
 StateDict = dict[str, torch.Tensor]
 
@@ -39,9 +40,9 @@ _EFFNET_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_hea
 # name) do not.
 _EFFNET_BLOCK = {
     "DepthwiseSeparableConv": {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
-                             "_bn2": "bn2"},
+                               "_bn2": "bn2"},
     "InvertedResidual": {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
-                       "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"},
+                         "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"},
 }
 
 
