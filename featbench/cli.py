@@ -46,7 +46,8 @@ def _cmd_init_suite(args: argparse.Namespace) -> None:
             name, _, layers = entry.partition(":")
             backbones[name] = layers.split(",") if layers else args.layers
     suite = init_suite(args.images, args.out, base=args.base, name=args.name, backbones=backbones,
-                       n_test=args.n_test, test_fraction=args.test_fraction, labels=args.labels)
+                       n_test=args.n_test, test_fraction=args.test_fraction, labels=args.labels,
+                       weights=dict(args.weights or []))
     n_train = suite.images["n_images"] - suite.n_test
     print(f"wrote {args.out}: suite {suite.name}, {suite.images['n_images']} images ({n_train} train / {suite.n_test} "
           f"test), labels {suite.images['labels']}, manifest sha256 {suite.images['manifest_sha256']}")
@@ -252,8 +253,18 @@ def _cmd_publish(args: argparse.Namespace) -> None:
 SUITE_HELP = "a suite name (featbench tasks lists them) or a suite file (featbench init-suite writes one)"
 
 
+def _weights_arg(value: str) -> tuple[str, str]:
+    backbone, sep, file = value.partition("=")
+    if not sep or not backbone or not file:
+        raise argparse.ArgumentTypeError(f"expected BACKBONE=FILE, got {value!r}")
+    return backbone, file
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="featbench", description=__doc__)
+    parser.add_argument("--weights", metavar="BACKBONE=FILE", action="append", type=_weights_arg,
+                        help="load this backbone's weights from FILE (a timm state dict; repeatable): for "
+                             "backbones featbench does not ship, offline; init-suite writes them into the suite")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("tasks", help="list suites and their tasks with data keys")
@@ -435,6 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.weights:
+            from featbench.zoo.backbones import use_weights_file
+
+            for backbone, file in args.weights:
+                use_weights_file(backbone, file)
         args.func(args)
     except FeatbenchError as exc:
         print(f"featbench: error: {exc}", file=sys.stderr)

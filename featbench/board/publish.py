@@ -183,7 +183,7 @@ The features are derived from the images; use them under the images' terms.
 def stage(suite: Suite, folder: str | Path, leaderboard_root: str | Path | None = None) -> StageReport:
     """Write exactly what `publish` uploads into `folder` (which must be absent or empty)."""
     from featbench.board.leaderboard import default_root
-    from featbench.data.storage import SPLITS, TaskData, quiet_datasets, load_variant, read_record
+    from featbench.data.storage import TaskData, quiet_datasets, load_variant, read_record
 
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import platformdirs
@@ -29,3 +30,19 @@ def suites_dir() -> Path:
 def custom_suites_dir() -> Path:
     """Suites made by ``featbench build --custom`` (``<cache>/suites``), loadable by the name the build printed."""
     return cache_dir() / "suites"
+
+
+WEIGHTS_ENV_PREFIX = "FEATBENCH_WEIGHTS_"
+
+
+def weights_env_var(backbone: str) -> str:
+    """The variable naming a file of `backbone`'s weights (``FEATBENCH_WEIGHTS_CONVNEXT_BASE_288``).
+
+    An environment variable, so that every process of a run (isolated scoring children too) loads
+    the same weights without each command growing an option for it."""
+    return WEIGHTS_ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", backbone).upper()
+
+
+def weights_files() -> dict[str, str]:
+    """The weights files given to this process ({variable: path})."""
+    return {k: v for k, v in os.environ.items() if k.startswith(WEIGHTS_ENV_PREFIX) and v}

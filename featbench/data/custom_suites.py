@@ -66,12 +66,14 @@ def held_out_count(n_images: int, n_test: int | None, test_fraction: float | Non
 
 def init_suite(images: str | Path, out: str | Path, *, base: str | Path = "featbench-v1", name: str | None = None,
                backbones: Mapping[str, Sequence[str] | None] | None = None, n_test: int | None = None,
-               test_fraction: float | None = None, labels: str | None = None) -> Suite:
+               test_fraction: float | None = None, labels: str | None = None,
+               weights: Mapping[str, str | Path] | None = None) -> Suite:
     """Write the suite file `out` for `images` (a folder, or ``hf:ID@REV``) and return the suite.
 
     `base` gives the design; `backbones` ({name: layers or None}) replaces its backbones (None:
     the base suite's layers of that backbone, else every layer the backbone exposes); `labels`
-    is a scheme of `featbench.data.images.LABEL_SCHEMES` (default: inferred). The file pins the
+    is a scheme of `featbench.data.images.LABEL_SCHEMES` (default: inferred); `weights`
+    ({backbone: file}) names the weights of backbones featbench does not ship. The file pins the
     images' full manifest hash; the base suite's inverter checkpoints are not carried over (they
     were trained on other images).
     """
@@ -104,7 +106,8 @@ def init_suite(images: str | Path, out: str | Path, *, base: str | Path = "featb
         backbones=chosen, manipulations=list(template.manipulations), tracks=list(template.tracks),
         run_defaults=dict(template.run_defaults),
         invert={k: v for k, v in template.invert.items() if k != "image_scores"},
-        extra_scores=list(template.extra_scores))
+        extra_scores=list(template.extra_scores),
+        weights={b: _portable_path(Path(f).expanduser().resolve(), out.parent) for b, f in (weights or {}).items()})
     return suite.save(out)
 
 
@@ -114,8 +117,8 @@ def hf_labels(folder: Path) -> str:
 
 
 def _portable_path(folder: Path, suite_dir: Path) -> str:
-    """The image folder relative to the suite file where it lies below it (the two move together),
-    else absolute."""
+    """The image folder (or weights file) relative to the suite file where it lies below it (the
+    two move together), else absolute."""
     try:
         return os.path.relpath(folder, suite_dir.resolve()) if folder.is_relative_to(suite_dir.resolve()) else str(folder)
     except ValueError:

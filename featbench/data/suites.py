@@ -82,6 +82,9 @@ class Suite:
     # Scores beside the standard ones (`EXTRA_SCORES`), for every task they apply to. Hashed into
     # the spec when given, so that suites without them keep their hashes.
     extra_scores: list[str] = field(default_factory=list)
+    # {backbone: weights file} for backbones whose weights featbench does not ship (a path relative
+    # to the suite file). Not hashed: the weights' own hash is in the backbone's fingerprint.
+    weights: dict[str, str] = field(default_factory=dict)
 
     # -- tasks --------------------------------------------------------------------------------
     @cached_property
@@ -182,8 +185,13 @@ class Suite:
         invert = {k: v for k, v in self.invert.items() if k != "image_scores"}
         custom = Suite(name, self.version, self.description, self.seed, images, self.n_test, self.views,
                        self.backbones, self.manipulations, self.tracks, None, self.run_defaults, invert,
-                       self.test_targets, self.extra_scores)
+                       self.test_targets, self.extra_scores, self._weights_resolved())
         return custom.save(custom_suites_dir() / f"{name}.yaml")
+
+    def _weights_resolved(self) -> dict[str, str]:
+        """The weights files as absolute paths (for a suite file saved elsewhere)."""
+        here = Path(self.path).parent if self.path else Path.cwd()
+        return {b: str((here / Path(f).expanduser()).resolve()) for b, f in self.weights.items()}
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """The suite as its YAML file holds it (`load_suite` of the written file gives this suite)."""
@@ -203,6 +211,8 @@ class Suite:
             out["test_targets"] = self.test_targets
         if self.extra_scores:
             out["scores"] = self.extra_scores
+        if self.weights:
+            out["weights"] = self.weights
         return out
 
     def save(self, path: str | Path) -> "Suite":
@@ -282,6 +292,20 @@ def _check_layers(suite: Suite) -> Suite:
     return suite
 
 
+def _use_weights(suite: Suite) -> Suite:
+    """Point the suite's backbones at its weights files, unless this process was given others."""
+    from featbench.core.paths import weights_env_var
+    from featbench.zoo.backbones import use_weights_file
+
+    for backbone, file in suite.weights.items():
+        if backbone not in suite.backbones:
+            raise FeatbenchError(f"suite file {suite.path}: weights names backbone {backbone!r}, which the suite "
+                                 f"does not use ({', '.join(suite.backbones)})")
+        if not os.environ.get(weights_env_var(backbone)):
+            use_weights_file(backbone, Path(suite.path).parent / Path(file).expanduser())
+    return suite
+
+
 def _check_unique_manipulations(suite: Suite) -> Suite:
     names = [m.name for m in suite.manipulations]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -318,7 +342,7 @@ def _suite_from_yaml(path: Path) -> Suite:
     except yaml.YAMLError as exc:
         raise FeatbenchError(f"suite file {path} is not valid YAML: {exc}") from exc
     try:
-        return _check_layers(_check_unique_manipulations(Suite(
+        return _use_weights(_check_layers(_check_unique_manipulations(Suite(
             name=raw["name"], version=int(raw["version"]), description=raw.get("description", ""),
             seed=int(raw.get("seed", 0)), images=raw["images"], n_test=int(raw["split"]["n_test"]),
             views={"train": int(raw["views"]["train"]), "test": int(raw["views"]["test"])},
@@ -328,7 +352,8 @@ def _suite_from_yaml(path: Path) -> Suite:
             run_defaults=dict(raw.get("run_defaults", {})), invert=dict(raw.get("invert") or {}),
             test_targets=_test_targets(raw.get("test_targets", "published"), path),
             extra_scores=_extra_scores(raw.get("scores", []), path),
-        )))
+            weights={str(b): str(f) for b, f in (raw.get("weights") or {}).items()},
+        ))))
     except FeatbenchError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -345,7 +370,8 @@ def list_suites(custom: bool = True) -> list[str]:
 
 def load_suite(name_or_path: str | Path) -> Suite:
     """A suite by name (``tasks/<name>.yaml``, or one that ``build --custom`` made) or by the path
-    of a YAML file."""
+    of a YAML file. Its ``weights:`` files become its backbones' weights in this process
+    (`featbench.zoo.use_weights_file`), except where other files were given already."""
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml"):
         if path.is_file():

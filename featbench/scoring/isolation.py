@@ -60,7 +60,7 @@ from safetensors.torch import load_file
 
 from featbench.core.cache import save_tensors
 from featbench.core.errors import FeatbenchError
-from featbench.core.paths import cache_dir
+from featbench.core.paths import cache_dir, weights_files
 from featbench.core.plugins import USER_MODULE_PREFIX, load_module_file
 
 MODES = ("auto", "sandbox", "process", "none")
@@ -185,8 +185,6 @@ def _python_paths() -> list[str]:
     return [p for p in sys.path if p and Path(p).exists()]
 
 
-
-
 def _within(path: Path, roots: list[Path]) -> bool:
     return any(path == r or r in path.parents for r in roots)
 
@@ -274,11 +272,13 @@ def run_in_child(entry: str, factory_bytes: bytes, tensors: dict[str, torch.Tens
                "HOME": str(inside / _JOB_OUT / "home"), "FEATBENCH_CACHE": str(inside / _JOB_OUT / "home" / "cache"),
                "XDG_CACHE_HOME": str(inside / _JOB_OUT / "home" / "cache"), "PYTHONDONTWRITEBYTECODE": "1",
                "HF_HUB_OFFLINE": "1", **{v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                                                   "OPENBLAS_NUM_THREADS")}}
+                                                                   "OPENBLAS_NUM_THREADS")},
+               **weights_files()}  # public backbone weights, which a model may load (feature guidance)
         cmd = [sys.executable, "-m", "featbench.scoring.isolation", str(inside)]
         if mode == "sandbox":
             visible = [sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).resolve().parent),
-                       *paths, *(str(Path(f).parent) for f in user_modules)]  # the model's own folders
+                       *paths, *(str(Path(f).parent) for f in user_modules),  # the model's own folders
+                       *weights_files().values()]
             cmd = _sandbox_command(job, visible, placed) + ["--chdir", "/tmp", "--"] + cmd
         start = time.perf_counter()
         try:

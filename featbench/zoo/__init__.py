@@ -10,14 +10,14 @@ _EXPORTS = {
     "featbench.zoo.assets": ("Asset", "get_asset", "load_asset", "register_asset"),
     "featbench.zoo.backbones": ("BACKBONES", "Backbone", "BackboneSpec", "Preprocessing", "WeightsSource",
                                 "backbone_fingerprint", "list_backbones", "load_backbone", "register_backbone",
-                                "weights_source"),
+                                "use_weights_file", "weights_source"),
     "featbench.zoo.editors": ("EDITORS", "Editor", "EditorPreset", "load_editor", "register_editor"),
 }
 
 __all__ = [
     "Asset", "BACKBONES", "Backbone", "BackboneSpec", "Preprocessing", "backbone_fingerprint", "get_asset",
     "list_backbones", "load_asset", "load_backbone", "register_asset", "register_backbone", "WeightsSource",
-    "weights_source", "EDITORS", "Editor", "EditorPreset", "load_editor", "register_editor",
+    "use_weights_file", "weights_source", "EDITORS", "Editor", "EditorPreset", "load_editor", "register_editor",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -18,6 +18,7 @@ carries its prefix as the attribute ``.prefix``, and `tail` puts the two back to
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -39,6 +40,7 @@ from featbench.zoo import conversions
 from featbench.core.plugins import Registry
 from featbench.core.errors import AssetError, FeatbenchError, UnknownNameError
 from featbench.core.hashing import sha256_tensors
+from featbench.core.paths import weights_env_var
 from featbench.zoo.conversions import IMAGENET_MEAN, IMAGENET_STD
 
 TORCHVISION = "torchvision:"  # arch prefix of a torchvision model (else the arch is a timm name)
@@ -120,7 +122,7 @@ register_backbone(BackboneSpec(
 ))
 
 # FeatMap's two backbones (Neukirch et al., github.com/AI4HealthUOL/FeatMap: config/extract_features.yaml),
-# with timm's pretrained weights: downloaded from the hub when online, or pretrained_file=PATH.
+# with timm's pretrained weights: downloaded from the hub when online, or a file (use_weights_file).
 register_backbone(BackboneSpec(
     name="convnext_base_288",
     arch="convnext_base.fb_in22k_ft_in1k",
@@ -442,27 +444,35 @@ def weights_source(name: str) -> WeightsSource:
         return WeightsSource(route, assets.at_hand(spec.asset))
     hub = _timm_hub_file(spec.arch)
     route = (f"hub: {hub[0]}" if hub else f"timm's download for {spec.arch}") + \
-        " (online); or a file: load_backbone(name, pretrained_file=PATH)"
-    cached = None
-    if hub:
-        from huggingface_hub import try_to_load_from_cache
+        f" (online); or a file: {weights_env_var(name)}=PATH, a suite file's weights, or --weights {name}=PATH"
+    given = os.environ.get(weights_env_var(name))
+    if given:
+        return WeightsSource(route, f"a file given by hand ({given})")
+    return WeightsSource(route, "in the Hugging Face cache" if hub and _hub_cached(hub) else None)
 
-        found = try_to_load_from_cache(*hub)
-        cached = "in the Hugging Face cache" if isinstance(found, str) else None
-    return WeightsSource(route, cached)
+
+def _hub_cached(hub: tuple[str, str]) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(*hub), str)
 
 
 def _timm_pretrained(spec: BackboneSpec, pretrained_file: str | Path | None) -> nn.Module:
+    def no_weights(why: str) -> AssetError:
+        return AssetError(
+            f"cannot load pretrained weights for timm model {spec.arch!r}: {why}\n"
+            "featbench uses timm's own download for backbones it does not pin; offline, give a file "
+            f"of its weights (a timm state dict: {weights_env_var(spec.name)}=PATH, `weights:` in the suite "
+            f"file, or `--weights {spec.name}=PATH`) or use a pinned backbone: " + ", ".join(list_backbones()))
+
+    hub = None if pretrained_file else _timm_hub_file(spec.arch)
+    if hub and not _hub_cached(hub) and not assets.hub_reachable():  # fail now, not after the hub's retries
+        raise no_weights(f"the hub is unreachable and {hub[0]} is not in its cache")
     overlay = {"file": str(pretrained_file)} if pretrained_file else None
     try:
         return timm.create_model(spec.arch, pretrained=True, pretrained_cfg_overlay=overlay, **spec.timm_kwargs)
     except Exception as exc:  # the hub is unreachable, or no weights exist for the name
-        raise AssetError(
-            f"cannot load pretrained weights for timm model {spec.arch!r}: {type(exc).__name__}: {exc}\n"
-            "featbench uses timm's own download for backbones it does not pin; offline, pass "
-            "pretrained_file=PATH (a timm checkpoint) or use a pinned backbone: "
-            + ", ".join(list_backbones())
-        ) from exc
+        raise no_weights(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _create_model(spec: BackboneSpec) -> nn.Module:
@@ -472,13 +482,28 @@ def _create_model(spec: BackboneSpec) -> nn.Module:
     return timm.create_model(spec.arch, pretrained=False, **spec.timm_kwargs)
 
 
+def use_weights_file(name: str, path: str | Path) -> None:
+    """Load backbone `name`'s weights from `path` from now on, in this process and in the scoring
+    processes it starts (a suite file's ``weights:`` and ``--weights NAME=PATH`` come here).
+
+    For a backbone featbench pins the file must be its pinned source (sha256-checked); for any
+    other it is a timm state dict, and its tensors' hash enters the backbone's fingerprint, so
+    data built from other weights never passes for it."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise AssetError(f"weights file for backbone {name!r} not found: {path}")
+    os.environ[weights_env_var(name)] = str(path)
+
+
 def load_backbone(name: str, *, pretrained_file: str | Path | None = None, compile: bool = False) -> Backbone:
     """A backbone in eval mode with its pinned weights.
 
     `name` is a registered backbone (`list_backbones()`) or any timm model name, whose weights
-    then come from timm's pretrained config (`pretrained_file` overrides the file). `compile`
-    wraps the layer extractor in ``torch.compile`` (worth it for long extraction runs).
+    then come from timm's pretrained config. `pretrained_file`, else the file `use_weights_file`
+    gave, overrides where they come from. `compile` wraps the layer extractor in
+    ``torch.compile`` (worth it for long extraction runs).
     """
+    pretrained_file = pretrained_file or os.environ.get(weights_env_var(name)) or None
     spec = BACKBONES.get(name)
     if spec is None:
         if name not in timm.list_models():
