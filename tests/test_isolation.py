@@ -199,20 +199,25 @@ def test_reference_inverters_score_the_same_isolated_as_in_process(suite, in_sui
                 assert got[metric] == pytest.approx(score, abs=1e-5), (name, metric)
 
 
-def test_an_inverter_attacker_in_the_sandbox_gets_no_test_images(suite, in_suite_cache):  # noqa: F811
-    needs_sandbox()
+def _invert_attack(suite, mode: str):
+    """(findings, what it inverted, training data, test maps) of the inverter attacker in `mode`."""
     task = suite.get_task(INVERT_TASK)
     data = load_task(suite, task)
-    info = invert_info(suite, task, data, cfg("sandbox"))
+    info = invert_info(suite, task, data, cfg(mode))
     train = invert_data(suite, data, info, info.image_size)
     copy = suite.path.parent / "attacker.py"  # beside the suite file and the cache, as for the mapper
     copy.write_text(ATTACKER.read_text())
     attacker = resolve_inverter(f"{copy}:InverterAttacker")(suite_file=str(suite.path), cache=str(cache_dir()))
-    record = new_task_record(task, data, cfg("sandbox"))
+    record = new_task_record(task, data, cfg(mode))
     test_x = torch.tensor(data.test["x"]).float()
     inverted = fit_and_invert_isolated(pickled_factory(model_factory(attacker)), train, test_x, None,
-                                       child_files(suite, task, attacker), cfg("sandbox"), "sandbox", record)
-    findings = json.loads(inverted.described["findings"])
+                                       child_files(suite, task, attacker), cfg(mode), mode, record)
+    return json.loads(inverted.described["findings"]), inverted, train, test_x
+
+
+def test_an_inverter_attacker_in_the_sandbox_gets_no_test_images(suite, in_suite_cache):  # noqa: F811
+    needs_sandbox()
+    findings, inverted, train, test_x = _invert_attack(suite, "sandbox")
     assert not findings["target_images"].startswith("got")
     assert findings["default cache"] == "absent" and findings["known cache path"] == []
     given = [p for p in _not_shipped(findings["walk"]) if p != "/job/in/tensors.safetensors"]
@@ -220,3 +225,13 @@ def test_an_inverter_attacker_in_the_sandbox_gets_no_test_images(suite, in_suite
     assert given and all(p.startswith("/job/out/home/cache/assets/lpips_alex") for p in given)
     mean = train.images.mean(dim=0).expand(len(test_x), -1, -1, -1)
     assert torch.equal(inverted.outputs["recon"], mean)  # so it returns the mean training image
+
+
+def test_without_the_sandbox_an_inverter_attacker_still_gets_no_test_images_through_featbench(
+        suite, in_suite_cache):  # noqa: F811
+    findings, inverted, train, test_x = _invert_attack(suite, "process")
+    assert not findings["target_images"].startswith("got")
+    assert findings["default cache"] == "absent"
+    assert findings["known cache path"] != []  # by path it can read the cache: not trusted (README)
+    mean = train.images.mean(dim=0).expand(len(test_x), -1, -1, -1)
+    assert torch.equal(inverted.outputs["recon"], mean)
