@@ -61,14 +61,16 @@ def _cmd_backbones(args: argparse.Namespace) -> None:
 
     from featbench.zoo.backbones import BACKBONES, list_backbones, weights_source
 
+    def field(label: str, text: str) -> str:
+        # Wrapped under its label; a no-break space (\xa0) in `text` joins two words on one line.
+        return textwrap.fill(text, 100, initial_indent=f"  {label:<9}", subsequent_indent=" " * 11).replace("\xa0", " ")
+
     for name in list_backbones():
         spec, source = BACKBONES[name], weights_source(name)
-        # A no-break space keeps each layer's name and shape on one line of the wrapped list.
-        layers = ", ".join(f"{layer}\xa0{'×'.join(map(str, shape))}" for layer, shape in spec.layers.items())
         print(f"{name} ({spec.preprocessing.crop} px): {spec.description}")
-        print(textwrap.fill(source.route, 100, initial_indent="  weights: ", subsequent_indent=" " * 11))
-        print(f"  here:    {'yes, ' + source.at_hand if source.at_hand else 'no (fetched on first use from the source above)'}")
-        print(textwrap.fill(layers, 100, initial_indent="  layers:  ", subsequent_indent=" " * 11).replace("\xa0", " "))
+        print(field("weights:", source.route.replace("--weights ", "--weights\xa0")))
+        print(field("here:", "yes, " + source.at_hand if source.at_hand else "no (fetched on first use from the source above)"))
+        print(field("layers:", ", ".join(f"{layer}\xa0{'×'.join(map(str, shape))}" for layer, shape in spec.layers.items())))
 
 
 def _cmd_build(args: argparse.Namespace) -> None:
