@@ -445,3 +445,31 @@ def test_submit_check_leaves_out_image_scores_whose_checkpoint_is_not_here(suite
     (why,) = report.not_compared
     assert why.startswith(f"{PINNED}/noise40 image-level scores: ") and sha in why
     assert "NOT COMPARED" in report.summary()
+
+
+def test_the_changed_region_gets_image_scores_of_its_own_on_local_tasks_only(suites, in_cache, monkeypatch, tmp_path):
+    suite, _ = suites
+    raw = yaml.safe_load(Path(suite.path).read_text()) | {"scores": ["changed_region"]}
+    path = Path(suite.path).parent / "changed.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    changed = fb.load_suite(path)
+    monkeypatch.setenv("ORACLE_SUITE", str(changed.path))
+    local = evaluate_map_task(Oracle, changed, changed.get_task(f"{PINNED}/mask_tl_red"), CFG)
+    assert local.status == "ok", local.reason
+    m = local.metrics
+    assert set(image_scores.CHANGED_METRICS) <= set(m) and image_scores.metrics_of(changed, changed.get_task(
+        f"{PINNED}/mask_tl_red")) == image_scores.METRICS + image_scores.CHANGED_METRICS
+    # The oracle's reconstruction is invert(Y) inside the masked corner as everywhere.
+    assert m["lpips_vs_inverted_target_changed"] == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    assert m["ssim_vs_inverted_target_changed"]["value"] == pytest.approx(1.0)
+    assert m["lpips_vs_manipulated_changed"]["value"] > 0
+    assert set(image_scores.CHANGED_METRICS) <= set(local.reference_points["identity"])
+    # A photometric task changes every pixel: no changed-region scores, as at map level.
+    photometric = evaluate_map_task(Oracle, changed, changed.get_task(f"{PINNED}/noise40"), CFG)
+    assert not set(image_scores.CHANGED_METRICS) & set(photometric.metrics)
+    # A local record scored before the suite asked for them is not current: a resumed run rescores it.
+    before = evaluate_map_task(Oracle, suite, suite.get_task(f"{PINNED}/mask_tl_red"), CFG)
+    task = changed.get_task(f"{PINNED}/mask_tl_red")
+    assert image_scores.record_is_current(changed, task, local)
+    assert not image_scores.record_is_current(changed, task, before)
+    assert image_scores.record_is_current(suite, suite.get_task(f"{PINNED}/mask_tl_red"), before)

@@ -201,3 +201,30 @@ def test_ssim_is_one_for_equal_images_and_falls_with_blur() -> None:
     as_float = metrics.ssim(torch.from_numpy(ref).permute(2, 0, 1).double() / 255,
                             torch.from_numpy(blurred[0]).permute(2, 0, 1).double() / 255)
     assert as_float.item() == pytest.approx(values[0], abs=1e-12)
+
+
+def test_per_pixel_maps_locate_a_local_change(pairs) -> None:
+    """The spatial LPIPS and SSIM maps that the changed-region image scores average: large where a
+    patch was painted over, small elsewhere; SSIM's map averages to its value inside the border."""
+    ref = pairs["same"][0]
+    edited = ref.copy()
+    edited[64:128, 96:160] = (255, 0, 0)
+    patch = np.zeros((1, 256, 256), dtype=bool)
+    patch[0, 64:128, 96:160] = True
+    d = metrics.lpips(ref, edited, spatial=True)
+    assert d.shape == (1, 256, 256) and d.dtype == torch.float64
+    assert d[0][patch[0]].mean() > 5 * d[0][~patch[0]].mean()
+    assert float(d.mean()) == pytest.approx(metrics.lpips(ref, edited).item(), rel=0.05)  # upsampled per layer
+    s = metrics.ssim(ref, edited, spatial=True)
+    b = metrics.SSIM_BORDER
+    assert float(s[0, b:-b, b:-b].mean()) == pytest.approx(metrics.ssim(ref, edited).item(), abs=1e-12)
+    assert s[0][patch[0]].mean() < 0.5 < s[0][~patch[0]].mean()
+    # region_components and mean_where_changed: a second image with no changed pixel is left out.
+    maps = torch.cat([s, torch.zeros_like(s)])
+    where = torch.from_numpy(np.concatenate([patch, np.zeros_like(patch)]))
+    parts = metrics.region_components(maps, where, border=b)
+    assert parts["n"].tolist() == [64 * 64, 0]
+    assert metrics.mean_where_changed(parts) == pytest.approx(float(s[0][patch[0]].mean()), abs=1e-12)
+    assert np.isnan(metrics.mean_where_changed(metrics.region_components(maps, torch.zeros_like(where))))
+    with pytest.raises(ValueError, match="N×H×W"):
+        metrics.region_components(maps, where[:, :8])

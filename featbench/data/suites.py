@@ -107,6 +107,11 @@ class Suite:
                 raise UnknownNameError(f"no task of suite {self.name} matches {pattern!r}")
         return tasks
 
+    def scores_changed_region(self, task: Task) -> bool:
+        """Whether `task`'s scores include the changed region's (``scores: [changed_region]``): for
+        local and semantic tasks, whose edits change part of each image."""
+        return "changed_region" in self.extra_scores and task.category in ("local", "semantic")
+
     def get_task(self, task_id: str) -> Task:
         for t in self.tasks:
             if t.id == task_id:

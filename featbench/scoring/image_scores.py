@@ -31,7 +31,12 @@ prediction P and the target maps Y and scores
 - ``lpips_vs_inverted_target``: LPIPS between invert(P) and invert(Y);
 - ``ssim_vs_manipulated``, ``ssim_vs_inverted_target``: SSIM likewise;
 
-each a mean over the subset with a seeded bootstrap interval (`featbench.scoring.metrics.score`). Images
+each a mean over the subset with a seeded bootstrap interval (`featbench.scoring.metrics.score`). A
+suite that asks for the changed region (``scores: [changed_region]``) gets the four again on its
+local and semantic tasks as ``<score>_changed``, restricted to the pixels where the manipulated image
+differs from the original at R (FeatMap's masked variant, in image space): per image, the mean of
+the per-pixel LPIPS or SSIM map there (`metrics.lpips` / `metrics.ssim` with ``spatial=True``; for
+SSIM, inside its window's border), then the mean over the images with such a pixel. Images
 are compared at the inverter's resolution R (``resolution``, else the suite's invert image size).
 The manipulated image is the task's manipulation applied to the test view exactly as the task
 data were built (`featbench.data.storage`), then resized to R and rounded to 8 bits as the invert
@@ -73,6 +78,12 @@ from featbench.scoring.submission import invert_all
 # Bump when what is cached here changes meaning.
 IMAGE_CACHE_VERSION = 1
 METRICS = ("lpips_vs_manipulated", "lpips_vs_inverted_target", "ssim_vs_manipulated", "ssim_vs_inverted_target")
+CHANGED_METRICS = tuple(f"{name}_changed" for name in METRICS)  # the same within the changed region
+
+
+def metrics_of(suite, task) -> tuple[str, ...]:
+    """The image-level scores a map task of a pinned layer gets."""
+    return METRICS + (CHANGED_METRICS if suite.scores_changed_region(task) else ())
 
 
 # The provenance key of a task scored at map level for want of its pinned checkpoint (its value: why).
@@ -246,8 +257,11 @@ class ImageScorer:
         self.rows = subset(len(test), pin.n_images, suite.seed)
         self.row_ids = _rows_of(test, self.rows)
         self.manipulated = manipulated_images(suite, task, tails.backbone(task.backbone), self.row_ids, self.resolution)
-        self.manipulated_key = sha256_tensors({"manipulated": self.manipulated})
         self._original_args = (suite, task.backbone, test)
+        # Where the manipulation changed each image, at R and 8 bits (None: no changed-region scores).
+        self.changed = (self.manipulated != self.originals()).any(1) if suite.scores_changed_region(task) else None
+        self.manipulated_key = sha256_tensors({"manipulated": self.manipulated}
+                                              | ({"changed": self.changed} if self.changed is not None else {}))
         y, y_prefix = column_tensor(test, "y"), column_tensor(test, "y_prefix")
         self.target_key = sha256_json({"version": IMAGE_CACHE_VERSION, "y": data.record["y"]["key"], "rows": self.rows,
                                        "checkpoint": self.checkpoint_sha256, "inverter": pin.inverter,
@@ -279,7 +293,7 @@ class ImageScorer:
         return images[torch.tensor(self.rows)]
 
     def score(self, pred: torch.Tensor, prefix: torch.Tensor | None) -> dict[str, dict]:
-        """The four image-level scores of a prediction of all test rows, with bootstrap intervals."""
+        """The image-level scores (`metrics_of`) of a prediction of all test rows, with bootstrap intervals."""
         index = torch.tensor(self.rows)
         tensors = {"pred": pred[index]} | ({"prefix": prefix[index]} if prefix is not None else {})
         key = sha256_json([sha256_tensors(tensors), self.target_key, self.manipulated_key, self.task.id,
@@ -294,10 +308,25 @@ class ImageScorer:
                 "ssim_vs_inverted_target": metrics.ssim(recon, self.inverted_target).numpy(),
             }
             stats = {name: (lambda c, n=name: float(np.mean(c[n]))) for name in METRICS}
+            if self.changed is not None:
+                components |= self._changed_components(recon)
+                stats |= {name: (lambda c, n=name: metrics.mean_where_changed(c, n + ".")) for name in CHANGED_METRICS}
             seed = seed_for(self.cfg.seed, self.task.id, "bootstrap")
             return {k: v.to_dict() for k, v in metrics.score(components, stats, n_boot=self.cfg.n_boot, seed=seed).items()}
 
         return cached_json(_cache_path("scores", key, "json"), make)
+
+    def _changed_components(self, recon: torch.Tensor) -> dict[str, np.ndarray]:
+        """`metrics.region_components` of each per-pixel comparison over the changed pixels, keyed
+        ``<score>_changed.sum`` / ``.n``."""
+        out = {}
+        for versus, reference in (("manipulated", self.manipulated), ("inverted_target", self.inverted_target)):
+            maps = {"lpips": (metrics.lpips(recon, reference, net="alex", spatial=True), 0),
+                    "ssim": (metrics.ssim(recon, reference, spatial=True), metrics.SSIM_BORDER)}
+            for kind, (per_pixel, border) in maps.items():
+                parts = metrics.region_components(per_pixel, self.changed, border)
+                out |= {f"{kind}_vs_{versus}_changed.{part}": values for part, values in parts.items()}
+        return out
 
 
 def available(suite, pin: Pin) -> bool:
@@ -318,14 +347,14 @@ def record_is_current(suite, task, record: TaskRecord) -> bool:
     resumed run rescores the tasks whose records are not (pinning a layer after results were made
     rescores that layer's tasks and keeps the others)."""
     pin = pins(suite).get((task.backbone, task.layer))
-    scored = set(METRICS) & set(record.metrics)
+    scored = set(METRICS + CHANGED_METRICS) & set(record.metrics)
     if pin is None or task.manipulation is None:
         return not scored
     if UNAVAILABLE in record.provenance:
         return not scored and not available(suite, pin)
     n_images, _, inverter, sha256 = (record.provenance.get(key) for key in IMAGE_SCORES_KEYS)
     # A record written before schema 1.2 names the checkpoint by the first 12 digits of its sha256.
-    return (scored == set(METRICS) and n_images == str(pin.n_images) and inverter == pin.inverter
+    return (scored == set(metrics_of(suite, task)) and n_images == str(pin.n_images) and inverter == pin.inverter
             and sha256 is not None and len(sha256) >= 12 and pin.checkpoint_sha256.startswith(sha256))
 
 

@@ -77,7 +77,7 @@ def score_extras(suite: Suite, task: Task, data: TaskData, tails: Models, test: 
     backbone = tails.backbone(task.backbone)
     if "semantic" in suite.extra_scores and backbone.spec.has_head:
         original_logits = tails.target(task, data.record["x"]["key"], test.x, test.x_prefix)
-    if "changed_region" in suite.extra_scores and task.category in ("local", "semantic"):
+    if suite.scores_changed_region(task):
         rows = list(zip(data.test["image_id"], [int(v) for v in data.test["view"]]))
         changed = changed_cells(suite, task, backbone, rows, tuple(test.y.shape[-2:]))
     return ScoreExtras(original_logits, changed)

@@ -498,18 +498,20 @@ def _lpips_net_name(net: str) -> str:
     return name
 
 
-_LPIPS_MODELS: dict[tuple[str, str], torch.nn.Module] = {}
+_LPIPS_MODELS: dict[tuple[str, str, bool], torch.nn.Module] = {}
 
 
-def lpips_model(net: str = "alex", device: str | torch.device = "cpu") -> torch.nn.Module:
+def lpips_model(net: str = "alex", device: str | torch.device = "cpu", spatial: bool = False) -> torch.nn.Module:
     """The ``lpips`` package's LPIPS v0.1 model with featbench's pinned backbone, in eval mode.
 
     Built with ``pretrained=True, pnet_rand=True`` (its linear layers from the package's own
     ``weights/v0.1``, no download), then the backbone's conv layers are loaded, strictly, from the
-    asset ``lpips_alex`` / ``lpips_vgg16`` (hash-verified). Cached per (net, device) in-process.
+    asset ``lpips_alex`` / ``lpips_vgg16`` (hash-verified). With `spatial`, it returns each pair's
+    distance per pixel (every layer's map upsampled to the image size) instead of its mean.
+    Cached per (net, device, spatial) in-process.
     """
     name = _lpips_net_name(net)
-    key = (name, str(torch.device(device)))
+    key = (name, str(torch.device(device)), spatial)
     if key not in _LPIPS_MODELS:
         import warnings
 
@@ -520,7 +522,8 @@ def lpips_model(net: str = "alex", device: str | torch.device = "cpu") -> torch.
         lpips_net, asset = LPIPS_NETS[name]
         with warnings.catch_warnings():  # torchvision's notice about lpips's `pretrained=False`
             warnings.simplefilter("ignore", UserWarning)
-            model = lpips_package.LPIPS(net=lpips_net, pretrained=True, pnet_rand=True, verbose=False)
+            model = lpips_package.LPIPS(net=lpips_net, pretrained=True, pnet_rand=True, spatial=spatial,
+                                        verbose=False)
         # lpips splits torchvision's `features` into slices that keep the original indices as
         # their submodule names (slice2.3 is features.3), so each tensor has exactly one home.
         home = {f"features.{index}": f"{slice_name}.{index}"
@@ -537,30 +540,34 @@ def lpips_model(net: str = "alex", device: str | torch.device = "cpu") -> torch.
     return _LPIPS_MODELS[key]
 
 
-def lpips(images_a: object, images_b: object, net: str = "alex") -> torch.Tensor:
+def lpips(images_a: object, images_b: object, net: str = "alex", spatial: bool = False) -> torch.Tensor:
     """LPIPS v0.1 distance of each image pair: a float64 CPU tensor of N values (0 for equal images).
 
     `net` is ``"alex"`` (docs/design.md's metric) or ``"vgg"``. Images as `_images_unit` accepts them
     (PIL images, uint8 or [0, 1] float arrays N×H×W×3, tensors N×3×H×W), both sides the same
     shape; they are scaled to [-1, 1] as LPIPS expects, at their own size (no resizing). Runs
-    without gradients on the device of tensor inputs, else the CPU.
+    without gradients on the device of tensor inputs, else the CPU. With `spatial`, N×H×W maps of
+    the distance per pixel (`lpips_model`): where they differ from each other, not only how much.
     """
     a, b = _image_pair(images_a, images_b)
-    model = lpips_model(net, a.device)
+    model = lpips_model(net, a.device, spatial)
     out = []
     with torch.no_grad():
         for start in range(0, a.shape[0], _LPIPS_CHUNK):
             pa, pb = a[start:start + _LPIPS_CHUNK], b[start:start + _LPIPS_CHUNK]
-            out.append(model(pa * 2 - 1, pb * 2 - 1).flatten().to("cpu", torch.float64))
+            d = model(pa * 2 - 1, pb * 2 - 1).to("cpu", torch.float64)
+            out.append(d[:, 0] if spatial else d.flatten())
     return torch.cat(out)
 
 
-def ssim(images_a: object, images_b: object) -> torch.Tensor:
+def ssim(images_a: object, images_b: object, spatial: bool = False) -> torch.Tensor:
     """Structural similarity of each image pair: a float64 CPU tensor of N values (1 for equal images).
 
     scikit-image's `structural_similarity` with `SSIM_PARAMS` (Wang et al.'s Gaussian window), on
     images as `_images_unit` accepts them, in [0, 1], per RGB channel and averaged. Images must be
-    at least 11 px on each side (the window).
+    at least 11 px on each side (the window). With `spatial`, N×H×W maps of the SSIM per pixel
+    (averaged over channels); an image's value is its map's mean over the pixels at least
+    `SSIM_BORDER` px from its edges, as scikit-image leaves the window's border out.
     """
     from skimage.metrics import structural_similarity
 
@@ -569,5 +576,34 @@ def ssim(images_a: object, images_b: object) -> torch.Tensor:
     b_np = b.permute(0, 2, 3, 1).to("cpu", torch.float64).numpy()
     if min(a_np.shape[1:3]) < 11:
         raise ValueError(f"ssim: images must be at least 11×11 px (its window); got {a_np.shape[1:3]}")
+    if spatial:
+        return torch.from_numpy(np.stack([structural_similarity(x, y, channel_axis=-1, full=True, **SSIM_PARAMS)[1]
+                                          .mean(-1) for x, y in zip(a_np, b_np)]))
     return torch.tensor([structural_similarity(x, y, channel_axis=-1, **SSIM_PARAMS)
                          for x, y in zip(a_np, b_np)], dtype=torch.float64)
+
+
+# SSIM's Gaussian window reaches 5 px (truncate 3.5 σ): the border scikit-image leaves out of the mean.
+SSIM_BORDER = 5
+
+
+def region_components(maps: torch.Tensor, where: torch.Tensor, border: int = 0) -> dict[str, np.ndarray]:
+    """Per-image components of a per-pixel score map (N×H×W) restricted to the pixels `where`
+    (bool N×H×W) at least `border` px from the edges: ``sum`` of the map there and ``n``, their
+    count (0 for an image with none). `mean_where_changed` makes them a score."""
+    maps, where = torch.as_tensor(maps, dtype=torch.float64), torch.as_tensor(where, dtype=torch.bool)
+    if maps.dim() != 3 or where.shape != maps.shape:
+        raise ValueError(f"maps and where must both be N×H×W; got {tuple(maps.shape)} and {tuple(where.shape)}")
+    if border:
+        inner = torch.zeros_like(where)
+        inner[:, border:-border, border:-border] = True
+        where = where & inner
+    return {"sum": (maps * where).sum((1, 2)).numpy(), "n": where.sum((1, 2)).to(torch.float64).numpy()}
+
+
+def mean_where_changed(c: Components, prefix: str = "") -> float:
+    """The mean over the images with a pixel in the region of their map's mean there (from
+    `region_components`, its keys under `prefix`); NaN where no image has one."""
+    n, total = c[prefix + "n"], c[prefix + "sum"]
+    some = n > 0
+    return float(np.mean(total[some] / n[some])) if some.any() else math.nan

@@ -19,7 +19,7 @@ HEADLINE = {
     "invert": ("lpips", "lpips_gap", "ssim", "top1_agree", "feat_cos"),
 }
 LOWER_IS_BETTER = frozenset({"mse", "jsd", "lpips", "lpips_vs_manipulated", "lpips_vs_inverted_target", "mse_changed",
-                             "top1_prob_delta"})
+                             "lpips_vs_manipulated_changed", "lpips_vs_inverted_target_changed", "top1_prob_delta"})
 CATEGORY_ORDER = ("geometric", "photometric", "local", "semantic")
 # The map track's run summary: its feature-space headline scores (image-level ones are on the board).
 MAP_SUMMARY = HEADLINE["map"][:4]
