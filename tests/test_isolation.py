@@ -182,11 +182,13 @@ def test_reference_inverters_score_the_same_isolated_as_in_process(suite, in_sui
     task = suite.get_task(INVERT_TASK)
     directory = checkpoint_dir(suite.name, task.backbone, task.layer, inverter.name)
     shutil.rmtree(directory, ignore_errors=True)
-    trained_there = evaluate_invert_task(inverter, suite, task, cfg("sandbox"))  # with the manipulated pairs
-    assert not directory.exists()  # what a child trains stays in its job
     plain = evaluate_invert_task(inverter, suite, task, cfg("none"))  # trains here, leaves its checkpoint
-    loaded = evaluate_invert_task(inverter, suite, task, cfg("sandbox"))  # the child gets that checkpoint alone
     assert plain.status == "ok", plain.reason
+    shutil.rmtree(directory)
+    trained_there = evaluate_invert_task(inverter, suite, task, cfg("sandbox"))  # with the manipulated pairs
+    # What the child trained is kept, as in-process training keeps it.
+    assert read_record(directory)["latest"]["sha256"] == trained_there.provenance["weights_sha256"]
+    loaded = evaluate_invert_task(inverter, suite, task, cfg("sandbox"))  # the child gets that checkpoint
     assert loaded.provenance["weights_sha256"] == read_record(directory)["latest"]["sha256"]
     for isolated in trained_there, loaded:
         assert isolated.status == "ok", isolated.reason
@@ -197,6 +199,31 @@ def test_reference_inverters_score_the_same_isolated_as_in_process(suite, in_sui
             got = isolated.metrics if name == "model" else isolated.reference_points[name]
             for metric, score in scores.items():
                 assert got[metric] == pytest.approx(score, abs=1e-5), (name, metric)
+
+
+class TrainsThenFails(TinyDecoder):
+    """Trains (leaving its checkpoint), then fails its task, saying where its training started."""
+
+    name = "trains-then-fails"
+
+    def fit(self, train):
+        super().fit(train)
+        raise RuntimeError(f"failed after training from step {self.report.start_step} to {self.report.step}")
+
+
+def test_a_checkpoint_trained_in_a_failing_child_is_kept_for_the_next_run(suite, in_suite_cache):  # noqa: F811
+    task = suite.get_task(INVERT_TASK)
+    directory = checkpoint_dir(suite.name, task.backbone, task.layer, TrainsThenFails.name)
+    shutil.rmtree(directory, ignore_errors=True)
+    steps = TinyDecoder.config.max_steps
+    first = evaluate_invert_task(TrainsThenFails, suite, task, cfg("process"), references=False)
+    assert first.status == "failed" and f"from step 0 to {steps}" in first.reason
+    kept = read_record(directory)
+    assert kept is not None and kept["latest"]["step"] == steps
+    # The next run's child starts from it (and trains no further), so the cache keeps it as it was.
+    second = evaluate_invert_task(TrainsThenFails, suite, task, cfg("process"), references=False)
+    assert f"from step {steps} to {steps}" in second.reason
+    assert read_record(directory) == kept
 
 
 def _invert_attack(suite, mode: str):

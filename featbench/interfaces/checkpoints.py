@@ -154,14 +154,17 @@ def export_checkpoint(directory: str | Path, out: str | Path, *, dtype: torch.dt
     return sha
 
 
-def install_checkpoint(source: str | Path, directory: str | Path, sha256: str) -> bool:
+def install_checkpoint(source: str | Path, directory: str | Path, sha256: str, *, same_training_replaces: bool = False
+                       ) -> bool:
     """Copy the latest checkpoint of the folder `source` (as `export_checkpoint` writes it, or any
     checkpoint folder) into `directory`, where its file must hash to `sha256`: that file and a
     record naming it alone. Returns False when `directory` holds it already.
 
     A source that is incomplete or does not hash to `sha256` is refused with `CheckpointError`
     (nothing is installed). Another checkpoint in `directory` is never overwritten: it is moved
-    aside to ``<directory>.replaced-<its sha256[:12]>`` with a warning saying so. The file is
+    aside to ``<directory>.replaced-<its sha256[:12]>`` with a warning saying so; with
+    `same_training_replaces`, one of the same training (identity) is replaced instead, its step
+    files removed once the new record is written (a training's later step). The file is
     written before the record that names it, each atomically, so a reader sees either no
     checkpoint or the complete one.
     """
@@ -188,7 +191,8 @@ def install_checkpoint(source: str | Path, directory: str | Path, sha256: str) -
         mine = {"latest": {"sha256": "damaged", "step": "?"}}
     if mine is not None and mine["latest"]["sha256"] == sha256:
         return False
-    if mine is not None:
+    replaces = same_training_replaces and mine is not None and mine.get("identity_sha256") == record.get("identity_sha256")
+    if mine is not None and not replaces:
         aside = directory.with_name(f"{directory.name}.replaced-{mine['latest']['sha256'][:12]}")
         n = 1
         while aside.exists():  # moved aside before: keep that one too
@@ -206,7 +210,28 @@ def install_checkpoint(source: str | Path, directory: str | Path, sha256: str) -
     atomic_write(directory / latest["file"], copy)
     history = [{k: latest[k] for k in ("file", "sha256", "step")}]
     write_json(directory / RECORD, record | {"history": history}, indent=1, sort_keys=True)
+    for stale in directory.glob("step-*.safetensors"):
+        if stale.name != latest["file"]:
+            stale.unlink(missing_ok=True)
     return True
+
+
+def adopt_checkpoint(source: str | Path, directory: str | Path) -> bool:
+    """Take the latest checkpoint a training left in `source` (an isolated scoring process's own
+    copy of `directory`) into `directory`, checked against its own record (`install_checkpoint`):
+    it replaces the checkpoint there when that is of the same training and an earlier step, and
+    moves one of another training aside. Returns whether it took anything."""
+    record = read_record(source)
+    if record is None:
+        return False
+    try:
+        mine = read_record(directory)
+    except CheckpointError:
+        mine = None  # damaged: install_checkpoint moves it aside
+    if (mine is not None and mine.get("identity_sha256") == record.get("identity_sha256")
+            and int(mine["latest"]["step"]) >= int(record["latest"]["step"])):
+        return False
+    return install_checkpoint(source, directory, record["latest"]["sha256"], same_training_replaces=True)
 
 
 # --- optimizer state as flat tensors + JSON ----------------------------------------------------

@@ -28,8 +28,9 @@ overruns its budget, or returns anything but N×3×R×R finite floats in [0, 1] 
 the reason recorded; the run goes on, and, as on the map track, the result file is rewritten
 after every task so that an interrupted run resumes. The inverter's fit and invert run in an
 isolated child process by default, as the map track's mapper does (`featbench.scoring.isolation`:
-it gets the training pairs, the `InvertInfo`, the test maps and the files of `child_files`,
-never the test images; this process scores).
+it gets the training pairs, the `InvertInfo`, the test maps, the files of `child_files` and its
+own checkpoint folder (`child_checkpoints`: what it trains there is kept), never the test images;
+this process scores).
 
 The targets are derived from the suite's pinned images as `featbench.interfaces.inverter.target_images`
 documents (each row's own view, resized, 8-bit), cached by key.
@@ -54,7 +55,7 @@ from featbench.data.images import seed_for
 from featbench.data.storage import TaskData, column_tensor, load_task
 from featbench.data.suites import Suite, Task
 from featbench.data.targets import aligned_targets, as_unit, manipulated_images, network_input, resize_images
-from featbench.interfaces.checkpoints import RECORD, read_record
+from featbench.interfaces.checkpoints import read_record
 from featbench.interfaces.inverter import (CheckpointedInverter, InvertData, InvertInfo, Inverter, checkpoint_dir,
                                            resolve_inverter)
 from featbench.scoring import metrics
@@ -123,20 +124,24 @@ def _sent_data(prefix: str, data: InvertData, tensors: dict[str, torch.Tensor | 
 
 
 def child_files(suite: Suite, task: Task, inverter: Inverter) -> dict[str, Path]:
-    """The files an isolated inverter may load through featbench's cache ({path in the cache: file
-    here}): the task backbone's pinned weights (feature guidance runs it), LPIPS's (a training
-    loss), and, for a `CheckpointedInverter`, the latest checkpoint trained for this task."""
+    """The files an isolated inverter may load through featbench's cache, read-only ({path in the
+    cache: file here}): the task backbone's pinned weights (feature guidance runs it) and LPIPS's
+    (a training loss)."""
     paths = [assets.resolve(metrics.LPIPS_NETS["alex"][1])]
     spec = BACKBONES.get(task.backbone)
     if spec is not None and spec.asset is not None:  # random-init backbones need none; timm's own: see README
         paths.append(assets.resolve(spec.asset))
-    if isinstance(inverter, CheckpointedInverter):
-        directory = checkpoint_dir(suite.name, task.backbone, task.layer, inverter.name)
-        record = read_record(directory)
-        if record is not None:
-            paths += [directory / RECORD, directory / record["latest"]["file"]]
     root = cache_dir()
     return {str(path.relative_to(root)): path for path in paths}
+
+
+def child_checkpoints(suite: Suite, task: Task, inverter: Inverter) -> dict[str, Path]:
+    """A `CheckpointedInverter`'s checkpoint folder for `task` ({folder in the cache: folder here}):
+    the isolated child starts from its latest checkpoint, and what it trains there is kept."""
+    if not isinstance(inverter, CheckpointedInverter):
+        return {}
+    directory = checkpoint_dir(suite.name, task.backbone, task.layer, inverter.name)
+    return {str(directory.relative_to(cache_dir())): directory}
 
 
 def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -215,10 +220,11 @@ def _reference_points(suite: Suite, task: Task, data: TaskData, info: InvertInfo
 
 def fit_and_invert_isolated(factory_bytes: bytes, train: InvertData, test_x: torch.Tensor,
                             test_prefix: torch.Tensor | None, files: dict[str, Path], cfg: RunConfig, mode: str,
-                            record: TaskRecord) -> Fitted:
+                            record: TaskRecord, checkpoints: dict[str, Path] | None = None) -> Fitted:
     """`fit_and_invert` in a child process (`mode` ``sandbox`` or ``process``) that is sent the
     training pairs (with those under the manipulations `train` offers, loaded here), the task's
-    metadata, the test maps and `files` (`child_files`) alone: never a test image. Its images are
+    metadata, the test maps, `files` (`child_files`) and `checkpoints` (`child_checkpoints`) alone:
+    never a test image. Its images are
     checked here again (nothing a child writes is trusted)."""
     tensors: dict[str, torch.Tensor | None] = {"test.x": test_x, "test.x_prefix": test_prefix}
     meta = {"info": {f.name: getattr(train.info, f.name) for f in fields(InvertInfo)},
@@ -227,7 +233,7 @@ def fit_and_invert_isolated(factory_bytes: bytes, train: InvertData, test_x: tor
                             for name in train.manipulations}}
     n, size = len(test_x), train.resolution
     fitted = isolated_fit("featbench.scoring.submission:invert_child_job", factory_bytes, tensors, meta,
-                          train.info.time_budget_s, n, cfg, mode, record, files)
+                          train.info.time_budget_s, n, cfg, mode, record, files, checkpoints)
     if "recon" not in fitted.outputs:
         raise FeatbenchError("the scoring process returned no reconstructions")
     fitted.outputs = {name: check_images(images, n, size) for name, images in fitted.outputs.items()
@@ -264,7 +270,8 @@ def evaluate_invert_task(factory: Callable[[], Inverter], suite: Suite, task: Ta
             if not _trains_in_fit(suite, task, probe):  # its fit loads a checkpoint: no extra pairs to send
                 train.manipulations = ()
             fitted = fit_and_invert_isolated(factory_bytes or pickled_factory(factory), train, truth.x, test_prefix,
-                                               child_files(suite, task, probe), cfg, mode, record)
+                                               child_files(suite, task, probe), cfg, mode, record,
+                                               child_checkpoints(suite, task, probe))
     except Exception as exc:
         return failed_submission(record, exc)
     record.fit_s, record.predict_per_s = fitted.fit_s, fitted.per_s

@@ -223,14 +223,18 @@ def _limits(memory: int, cpu_s: int | None) -> Callable[[], None]:
     return apply
 
 
+def _inside_cache(relative: str) -> str:
+    if Path(relative).is_absolute() or ".." in Path(relative).parts:
+        raise FeatbenchError(f"a file for the scoring process must lie inside its cache: {relative!r}")
+    return relative
+
+
 def _cache_files(job: Path, files: dict[str, str | Path], mode: str) -> dict[Path, str]:
     """Put `files` (path in the child's cache → file here) into the job's own cache: in the sandbox
     an empty placeholder each, mounted over read-only (`_sandbox_command`); else a read-only copy."""
     placed = {}
     for relative, host in files.items():
-        if Path(relative).is_absolute() or ".." in Path(relative).parts:
-            raise FeatbenchError(f"a file for the scoring process must lie inside its cache: {relative!r}")
-        inside = job / _JOB_OUT / "home" / "cache" / relative
+        inside = job / _JOB_OUT / "home" / "cache" / _inside_cache(relative)
         inside.parent.mkdir(parents=True, exist_ok=True)
         host = str(Path(host).resolve())
         if mode == "sandbox":
@@ -243,24 +247,36 @@ def _cache_files(job: Path, files: dict[str, str | Path], mode: str) -> dict[Pat
 
 
 def run_in_child(entry: str, factory_bytes: bytes, tensors: dict[str, torch.Tensor | None], meta: dict[str, Any],
-                 isolation: Isolation, mode: str, wall_s: float, files: dict[str, str | Path] | None = None
-                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                 isolation: Isolation, mode: str, wall_s: float, files: dict[str, str | Path] | None = None,
+                 checkpoints: dict[str, Path] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Run ``entry(factory, tensors, meta)`` (a ``module:function`` name) in a child process in
     `mode` (``sandbox`` or ``process``) under `isolation`'s limits; its (tensors, meta).
 
     The child sees only what is passed here: `tensors`, `meta`, and `files` ({path in its cache:
     file here}, read-only: public weights and checkpoints it may load through featbench's cache,
-    never the cache itself). `ChildFailed` when it raises, runs past its wall limit, or dies; its
-    `reason` names the cause.
+    never the cache itself); `checkpoints` ({folder in its cache: folder here}) are the model's own
+    checkpoint folders: their latest checkpoint is copied in, writable, and the one the child leaves
+    there is taken back (`featbench.interfaces.checkpoints.adopt_checkpoint`), also when it fails
+    or runs past its limit, so that a training interrupted in a child resumes in the next.
+    `ChildFailed` when it raises, runs past its wall limit, or dies; its `reason` names the cause.
     """
+    # Here, not at the top: the child imports this module, and needs none of it.
+    from featbench.interfaces.checkpoints import adopt_checkpoint, install_checkpoint, read_record
+
     threads, memory = isolation.thread_count(), isolation.memory_bytes()
+    own_folders = {_inside_cache(relative): Path(here) for relative, here in (checkpoints or {}).items()}
     job = Path(tempfile.mkdtemp(prefix="featbench-job-"))  # mode 0700: this user's alone
+    own = {job / _JOB_OUT / "home" / "cache" / relative: here for relative, here in own_folders.items()}
     try:
         (job / _JOB_IN).mkdir()
         (job / _JOB_OUT).mkdir()
         home = job / _JOB_OUT / "home"
         home.mkdir()
         placed = _cache_files(job, files or {}, mode)
+        for inside, here in own.items():
+            record = read_record(here)
+            if record is not None:
+                install_checkpoint(here, inside, record["latest"]["sha256"])
         user_modules = _user_module_files(factory_bytes)
         save_tensors(job / _JOB_IN / "tensors.safetensors", {k: v for k, v in tensors.items() if v is not None})
         (job / _JOB_IN / "factory.pkl").write_bytes(factory_bytes)
@@ -302,6 +318,12 @@ def run_in_child(entry: str, factory_bytes: bytes, tensors: dict[str, torch.Tens
         result["meta"]["child_wall_s"] = round(elapsed, 3)
         return out_tensors, result["meta"]
     finally:
+        for inside, here in own.items():
+            try:
+                adopt_checkpoint(inside, here)
+            except Exception as exc:  # noqa: BLE001 - a checkpoint not kept costs a retraining, not the task
+                warnings.warn(f"featbench: the checkpoint the scoring process trained in {here.name} is not kept: "
+                              f"{exc}", stacklevel=2)
         shutil.rmtree(job, ignore_errors=True)
 
 

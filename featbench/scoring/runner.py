@@ -58,14 +58,14 @@ def fit_budget(factory: Any, requested: float | None, suite_default: float | Non
 
 def isolated_fit(entry: str, factory_bytes: bytes, tensors: dict[str, torch.Tensor | None], meta: dict[str, Any],
                  budget_s: float | None, n_test: int, cfg: RunConfig, mode: str, record: TaskRecord,
-                 files: dict[str, Path] | None = None) -> Fitted:
+                 files: dict[str, Path] | None = None, checkpoints: dict[str, Path] | None = None) -> Fitted:
     """A track's fit-then-apply (`entry`, a ``module:function`` of `featbench.scoring.submission`)
     in a child process (`mode` ``sandbox`` or ``process``) sent `tensors`, `meta` and `files`
-    alone; its outputs are unchecked here (the track checks them: nothing a child writes is
+    alone, with the model's own `checkpoints` folders (`run_in_child`); its outputs are unchecked here (the track checks them: nothing a child writes is
     trusted). Records the child's limits and its overhead (start-up and transfers)."""
     wall_s = child_wall_limit(cfg.isolation, hard_limit(budget_s))
     record.record("isolation limits", cfg.isolation.describe(wall_s))
-    outputs, back = run_in_child(entry, factory_bytes, tensors, meta, cfg.isolation, mode, wall_s, files)
+    outputs, back = run_in_child(entry, factory_bytes, tensors, meta, cfg.isolation, mode, wall_s, files, checkpoints)
     fit_s, per_s = float(back["fit_s"]), float(back["per_s"])
     overhead = back["child_wall_s"] - fit_s - n_test / max(per_s, 1e-9)
     record.record("isolation overhead_s", round(max(overhead, 0.0), 2))
