@@ -315,15 +315,16 @@ def test_compare_puts_models_side_by_side_per_category_and_layer(suite, tmp_path
         lb.compare(suite, ["a", "nope"], ["r2"], root, use_built_data=False)
 
 
-def test_committed_leaderboard_rebuilds_byte_identically(tmp_path):
+@pytest.mark.parametrize("suite_name", ["featbench-v1", "featbench-v2"])
+def test_committed_leaderboard_rebuilds_byte_identically(tmp_path, suite_name):
     """What is published under leaderboard/<suite>/ is exactly what its result files give."""
     from featbench.core.paths import PACKAGE_DIR
 
-    root = PACKAGE_DIR.parent / "leaderboard" / "featbench-v1"
+    root = PACKAGE_DIR.parent / "leaderboard" / suite_name
     if not (root / "LEADERBOARD.md").is_file():
         pytest.skip(f"no committed leaderboard at {root} (featbench installed outside its checkout)")
     # Only the committed task_hashes.json decides which data the results must have run on.
-    report = lb.build(fb.load_suite("featbench-v1"), root, tmp_path, use_built_data=False)
+    report = lb.build(fb.load_suite(suite_name), root, tmp_path, use_built_data=False)
     assert report.board["excluded"] == []
     for name in lb.OUTPUT_FILES:
         assert (tmp_path / name).read_bytes() == (root / name).read_bytes(), name
