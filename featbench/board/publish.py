@@ -50,11 +50,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import datasets
 import yaml
 
 import featbench
+from featbench.board.leaderboard import default_root
 from featbench.core.errors import DataError, FeatbenchError
-from featbench.data.suites import DATA_FORMAT_VERSION, ORIGINAL, Suite
+from featbench.core.hashing import sha256_file
+from featbench.data.storage import (RECORD, SPLITS, TaskData, is_built, load_variant, quiet_datasets, read_record,
+                                    variant_refs)
+from featbench.data.suites import DATA_FORMAT_VERSION, ORIGINAL, Suite, load_suite
+from featbench.interfaces.checkpoints import CheckpointError, install_checkpoint
+from featbench.scoring import image_scores
+from featbench.zoo.assets import get_asset
+from featbench.zoo.backbones import BACKBONES
 
 # Parquet shards stay under this many bytes of feature data (the Hub's advice: a few hundred MB).
 SHARD_BYTES = 400 * 2**20
@@ -69,7 +78,6 @@ LEADERBOARD_FILES = ("LEADERBOARD.md", "leaderboard.csv", "leaderboard.json", "i
 def published_splits(suite: Suite, variant: str) -> tuple[str, ...]:
     """The splits of a variant dataset that are published: all, except the test split of a
     manipulated variant (the map tasks' test targets) where the suite keeps its targets hidden."""
-    from featbench.data.storage import SPLITS
 
     if suite.test_targets == "hidden" and variant != ORIGINAL:
         return tuple(s for s in SPLITS if s != "test")
@@ -94,8 +102,6 @@ class StageReport:
 
 
 def _refs(suite: Suite):
-    from featbench.data.storage import variant_refs
-
     for backbone, layers in suite.backbones.items():
         for layer in layers:
             for variant, ref in variant_refs(suite, backbone, layer).items():
@@ -114,9 +120,6 @@ def _write_parquet(ds, folder: Path, split: str) -> list[str]:
 
 
 def _card(suite: Suite, configs: list[dict[str, Any]], task_hashes: dict[str, str], has_leaderboard: bool) -> str:
-    from featbench.zoo.assets import get_asset
-    from featbench.zoo.backbones import BACKBONES
-
     meta = {
         "license": "other",
         "pretty_name": f"featbench {suite.name} v{suite.version}",
@@ -182,8 +185,6 @@ The features are derived from the images; use them under the images' terms.
 
 def stage(suite: Suite, folder: str | Path, leaderboard_root: str | Path | None = None) -> StageReport:
     """Write exactly what `publish` uploads into `folder` (which must be absent or empty)."""
-    from featbench.board.leaderboard import default_root
-    from featbench.data.storage import TaskData, quiet_datasets, load_variant, read_record
 
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
@@ -292,8 +293,6 @@ def _published_checkpoint(folder: Path, pin) -> Path:
 def _stage_pinned_checkpoints(suite: Suite, folder: Path) -> None:
     """Copy each pinned inverter checkpoint (the pinned file and a record naming it alone), from
     the suite's shipped folder or else the cache."""
-    from featbench.scoring import image_scores
-    from featbench.interfaces.checkpoints import CheckpointError, install_checkpoint
 
     for pin in image_scores.pins(suite).values():
         cached = image_scores.pinned_dir(suite, pin)
@@ -309,8 +308,6 @@ def _stage_pinned_checkpoints(suite: Suite, folder: Path) -> None:
 def _install_pinned_checkpoints(folder: Path, suite: Suite) -> list[str]:
     """Install the published pinned checkpoints that the cache lacks, each checked against its pin
     (`featbench.interfaces.checkpoints.install_checkpoint`: another checkpoint in the cache is moved aside)."""
-    from featbench.scoring import image_scores
-    from featbench.interfaces.checkpoints import CheckpointError, install_checkpoint
 
     installed = []
     for pin in image_scores.pins(suite).values():
@@ -334,12 +331,6 @@ def install_published(folder: str | Path, suite: Suite | str) -> list[str]:
     checkpoints, each checked against its pin. Returns what it installed (configs, then
     ``inverter <backbone>/<layer>/<preset>``); what the cache already holds is left alone.
     """
-    import datasets
-
-    from featbench.core.hashing import sha256_file
-    from featbench.data.storage import RECORD, SPLITS, quiet_datasets, is_built, variant_refs
-    from featbench.data.suites import load_suite
-
     folder = Path(folder)
     suite = load_suite(suite) if not isinstance(suite, Suite) else suite
     meta = json.loads((folder / "featbench" / "variants.json").read_text())
