@@ -230,6 +230,31 @@ def test_a_map_level_record_is_kept_while_the_checkpoint_is_wanting(suites, in_c
     assert not image_scores.record_is_current(suite, tasks[0], rec)
 
 
+def test_a_checkpoint_trained_on_other_data_scores_at_map_level_and_says_why(suites, in_cache, tmp_path):
+    """Features extracted on another machine can differ in their last bits: the pinned checkpoint
+    then belongs to other data, and the task is scored at map level, kept on resume."""
+    suite, sha = suites
+    directory = image_scores.pinned_dir(suite, image_scores.pins(suite)[(TINY_CNN, "blocks.3")])
+    record_file = directory / "checkpoint.json"
+    original = record_file.read_text()
+    record = json.loads(original)
+    record["identity"]["data_sha256"] = "f" * 64
+    record_file.write_text(json.dumps(record))
+    try:
+        out, tasks = tmp_path / "id.json", suite.select(f"{PINNED}/noise40")
+        assert not image_scores.available(suite, image_scores.pins(suite)[(TINY_CNN, "blocks.3")])
+        with pytest.warns(UserWarning, match="trained on data hashing to ffffffffffff"):
+            first = run_map_track(resolve_model("identity"), suite, tasks, out, CFG, progress=False)
+        task = first["tasks"][0]
+        assert task["status"] == "ok" and "published data" in task["provenance"][image_scores.UNAVAILABLE]
+        assert not set(image_scores.METRICS) & set(task["metrics"])
+        second = run_map_track(resolve_model("identity"), suite, tasks, out, CFG, progress=False)
+        assert second["tasks"] == first["tasks"]  # resumed: kept while the data still differ
+    finally:
+        record_file.write_text(original)
+    assert image_scores.available(suite, image_scores.pins(suite)[(TINY_CNN, "blocks.3")])
+
+
 def test_featbench_v1_records_stay_current_without_its_lost_decoders(private_cache):
     """featbench-v1 pins decoders that no cache here holds: its committed results, which have
     their image-level scores, are kept as they are by a resumed run."""

@@ -92,7 +92,12 @@ UNAVAILABLE = "image scores unavailable"
 
 class MissingCheckpointError(CheckpointError):
     """The suite pins an inverter checkpoint that is not at hand: it ships none, and the cache
-    holds none or another one."""
+    holds none or another one; or it was trained on other data than those built here."""
+
+
+def _trained_on(record: dict) -> str | None:
+    """The content hash of the data a checkpoint was trained on, where its record names it."""
+    return (record.get("identity") or {}).get("data_sha256") or None
 
 
 @dataclass(frozen=True)
@@ -211,6 +216,14 @@ def load_inverter(suite, backbone: str, layer: str, preset: str, checkpoint_sha2
     task = suite.get_task(f"invert/{backbone}/{layer}")
     data = load_task(suite, task)
     info = invert_info(suite, task, data, RunConfig(seed=seed, time_budget_s=None))
+    trained_on = _trained_on(record)
+    if trained_on and trained_on != info.data_sha256:
+        raise MissingCheckpointError(
+            f"the {preset} checkpoint of {backbone}/{layer} in {directory} was trained on data hashing to "
+            f"{trained_on[:12]}…, and {task.id}'s data built here hash to {info.data_sha256[:12]}…: these features "
+            "are not the ones the suite's maintainers built (a backbone's extracted features can differ in their "
+            "last bits between machines); install the suite's published data (`featbench publish` writes it, "
+            "README, Leaderboard) for its image-level scores")
     resolution = int(getattr(inverter, "resolution", None) or info.image_size)
     train = invert_data(suite, data, info, resolution, "train")
     try:
@@ -330,14 +343,16 @@ class ImageScorer:
 
 
 def available(suite, pin: Pin) -> bool:
-    """Whether `pin`'s checkpoint is at hand: shipped with the suite, or in the cache."""
-    if pin.shipped is not None:
-        return True
+    """Whether `pin`'s checkpoint is at hand (shipped with the suite, or in the cache) and was
+    trained on the data built here."""
     try:
-        record = read_record(pinned_dir(suite, pin))
+        record = read_record(pin.shipped if pin.shipped is not None else pinned_dir(suite, pin))
     except CheckpointError:
         return True  # a damaged record: scoring again says so
-    return record is not None and record["latest"]["sha256"] == pin.checkpoint_sha256
+    if record is None or (pin.shipped is None and record["latest"]["sha256"] != pin.checkpoint_sha256):
+        return False  # (a shipped one is checked against its pin when it is installed)
+    trained_on = _trained_on(record)
+    return not trained_on or trained_on == load_task(suite, f"invert/{pin.backbone}/{pin.layer}").content_sha256
 
 
 def record_is_current(suite, task, record: TaskRecord) -> bool:
