@@ -202,5 +202,7 @@ def test_records_before_1_2_get_their_provenance_from_their_notes():
                          ids=lambda p: f"{p.parent.parent.name}/{p.name}")
 def test_committed_results_read_as_task_records(path):
     for task in read_result(path)["tasks"]:
-        record = TaskRecord.from_dict(task)
-        assert {k: v for k, v in record.to_dict().items() if k != "provenance"} == task
+        written = TaskRecord.from_dict(task).to_dict()
+        if "provenance" not in task:  # a pre-1.2 record: its provenance is read from its notes, not written back
+            written.pop("provenance", None)
+        assert written == task
