@@ -112,3 +112,35 @@ def test_declared_budget_applies_where_neither_user_nor_suite_sets_one():
     assert fit_budget(Linear, None, None) is None
     for cls in TRAINED + FEATMAP:
         assert cls.time_budget_s and cls.time_budget_s > 0
+
+
+def test_transformer_recipe_sets_dropout_positional_start_and_its_lr_group():
+    """featbench's transformer trains without dropout, from a 2-D sine-cosine positional embedding
+    (the prefix token's stays small and random), the embedding in its own AdamW group."""
+    train = _data(prefix=True)
+    m = neural.TransformerMapper()
+    m.max_steps = 0
+    m.pos_lr = 3.0
+    m.fit(train)
+    for layer in m.net.encoder.layers:
+        assert layer.self_attn.dropout == 0.0
+        assert {d.p for d in (layer.dropout, layer.dropout1, layer.dropout2)} == {0.0}
+    pos = m.net.pos[0]
+    assert pos.shape == (1 + H * W, neural.HIDDEN)
+    assert pos[0].abs().max() < 0.1  # the class token: trunc_normal(0.02)
+    d = neural.HIDDEN // 4
+    torch.testing.assert_close(pos[1:, d], torch.arange(H).repeat_interleave(W).float().cos())  # row's cos, ω = 1
+    torch.testing.assert_close(pos[1:, 3 * d], torch.arange(W).repeat(H).float().cos())  # column's cos, ω = 1
+    groups = m._param_groups()
+    assert [g["lr_scale"] for g in groups] == [1.0, 3.0] and groups[1]["params"][0] is m.net.pos
+    featmap = neural.TransformerFeatMapMapper()
+    featmap.info = train.info
+    assert featmap.build(train.info).encoder.layers[0].dropout.p == 0.2  # FeatMap's recipe, untouched
+
+
+def test_transformer_runs_its_whole_schedule():
+    """No early stopping for featbench's transformer: its validation improves late in the cosine decay."""
+    m = neural.TransformerMapper()
+    m.max_steps, m.n_checks = 40, 20
+    m.fit(_data())
+    assert (m.describe()["steps"], m.describe()["stopped_by"]) == (40, "converged")
