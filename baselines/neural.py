@@ -32,8 +32,10 @@ what the architecture can do within a declared CPU budget.
   for size (efficientnet_lite0 blocks.2: 784 positions, 1 map a batch).
 - ``describe()``: ``stopped_by`` is "converged" (the full schedule ran), "early_stopping"
   (validation stopped improving for ``patience`` checks) or "time_budget" (the budget shortened
-  the schedule); ``steps``, ``epochs`` (passes over the training rows or maps), ``best_step``
-  (0: the linear start was never beaten on validation) and the batch size.
+  the schedule; with ``steps`` 0 where the linear start alone took the budget, as on a loaded
+  machine with the embedded default's 5 s: then the mapper is that start, not a failed task);
+  ``steps``, ``epochs`` (passes over the training rows or maps), ``best_step`` (0: the linear
+  start was never beaten on validation) and the batch size.
 
 Options measured (one training step, forward + backward + AdamW, 1 thread, this machine's AMD
 EPYC with avx512_bf16, best of 3):
@@ -340,13 +342,21 @@ class _Trained(_Base):
         budget = info.time_budget_s
         deadline = None if budget is None else start + self.budget_use * budget
 
+        def out_of_time(cost_s: float) -> bool:  # would `cost_s` more seconds end past the budget's slack?
+            return deadline is not None and time.perf_counter() + cost_s > deadline + 0.1 * budget
+
+        self.steps, stale, self.stopped_by, self.best_step, self.best_val_loss = 0, 0, "converged", 0, None
+        if out_of_time(0.0):
+            # The linear start took the budget (a tiny budget, a loaded machine): keep it, since the
+            # zero last layer makes the network exactly that, rather than overrun and fail the task.
+            self._stop_training(n, "time_budget")
+            return
         t0 = time.perf_counter()
         best = self._val_loss(xv, yv)  # the linear start
         val_s = time.perf_counter() - t0
-        best_state, self.best_step = copy.deepcopy(self.net.state_dict()), 0
+        best_state = copy.deepcopy(self.net.state_dict())
         order = torch.empty(0, dtype=torch.long)
         total = min(self.max_steps, math.ceil(self.max_epochs * n / self.batch))  # small tasks: fewer steps
-        self.steps, stale, self.stopped_by = 0, 0, "converged"
         step_s, times = 0.0, []
         while self.steps < total:
             if len(order) < self.batch:
@@ -386,12 +396,16 @@ class _Trained(_Base):
                 if stale >= self.patience and self.min_fraction * total <= self.steps < total:
                     self.stopped_by = "early_stopping"
                     break
-            if deadline is not None and time.perf_counter() + step_s + val_s > deadline + 0.1 * budget:
+            if out_of_time(step_s + val_s):
                 self.stopped_by = "time_budget"
                 break
         self.net.load_state_dict(best_state)
-        self.net.eval()
         self.best_val_loss = best
+        self._stop_training(n, self.stopped_by)
+
+    def _stop_training(self, n: int, stopped_by: str) -> None:
+        self.net.eval()
+        self.stopped_by = stopped_by
         self.epochs = round(self.steps * self.batch / n, 2)
         self.extra = {"best_step": self.best_step, "batch": self.batch, "ridge": self.ridge}
 

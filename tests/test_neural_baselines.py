@@ -84,7 +84,7 @@ def test_training_is_deterministic_under_a_seed(cls):
     torch.testing.assert_close(preds[0], preds[1], atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("cls", TRAINED + FEATMAP)
+@pytest.mark.parametrize("cls", FEATMAP)
 def test_a_budget_stop_is_recorded_as_such(cls):
     m = cls()
     m.fit(_data(budget=1e-6))  # no step fits: the budget, not the schedule, ends training
@@ -92,6 +92,20 @@ def test_a_budget_stop_is_recorded_as_such(cls):
     assert d["stopped_by"] == "time_budget"
     assert d["steps"] >= 1
     assert torch.isfinite(_maps(m.predict(_data().x[:2]))).all()
+
+
+@pytest.mark.parametrize("cls", TRAINED)
+def test_a_budget_spent_by_the_linear_start_keeps_it_and_says_so(cls):
+    # A tiny budget or a loaded machine: the closed-form start already took the budget, so the
+    # mapper stops there (exactly linear) instead of overrunning and failing the task.
+    train = _data(budget=1e-6)
+    m = cls()
+    m.fit(train)
+    d = m.describe()
+    assert (d["stopped_by"], d["steps"], d["best_step"], d["epochs"]) == ("time_budget", 0, 0, 0)
+    lin = Linear()
+    lin.fit(train)
+    torch.testing.assert_close(_maps(m.predict(train.x[:4])), _maps(lin.predict(train.x[:4])), atol=1e-5, rtol=1e-5)
 
 
 def test_mlp_learns_beyond_linear_on_a_nonlinear_relation():
