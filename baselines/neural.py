@@ -32,8 +32,9 @@ what the architecture can do within a declared CPU budget.
   for size (efficientnet_lite0 blocks.2: 784 positions, 1 map a batch).
 - ``describe()``: ``stopped_by`` is "converged" (the full schedule ran), "early_stopping"
   (validation stopped improving for ``patience`` checks) or "time_budget" (the budget shortened
-  the schedule; with ``steps`` 0 where the linear start alone took the budget, as on a loaded
-  machine with the embedded default's 5 s: then the mapper is that start, not a failed task);
+  the schedule; with ``steps`` 0 where the linear start left no room for a first step, its
+  cost estimated from the validation pass, as on a loaded machine with the embedded default's
+  5 s: then the mapper is that start, not a failed task);
   ``steps``, ``epochs`` (passes over the training rows or maps), ``best_step`` (0: the linear
   start was never beaten on validation) and the batch size.
 
@@ -354,6 +355,12 @@ class _Trained(_Base):
         t0 = time.perf_counter()
         best = self._val_loss(xv, yv)  # the linear start
         val_s = time.perf_counter() - t0
+        # Before the first step is timed, estimate it from the validation pass: forward and
+        # backward of a batch, about three forwards of as many items. No room for it: stop here.
+        if out_of_time(3 * val_s * self.batch / len(xv) + val_s):
+            self.best_val_loss = best
+            self._stop_training(n, "time_budget")
+            return
         best_state = copy.deepcopy(self.net.state_dict())
         order = torch.empty(0, dtype=torch.long)
         total = min(self.max_steps, math.ceil(self.max_epochs * n / self.batch))  # small tasks: fewer steps
