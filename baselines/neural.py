@@ -126,9 +126,9 @@ class MLP(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.net(tokens)
 
-    def zero_last(self) -> None:
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+    @property
+    def last(self) -> nn.Module:
+        return self.net[-1]
 
 
 class CNN(nn.Module):
@@ -141,9 +141,9 @@ class CNN(nn.Module):
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         return self.net(maps)
 
-    def zero_last(self) -> None:
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+    @property
+    def last(self) -> nn.Module:
+        return self.net[-1]
 
 
 class Transformer(nn.Module):
@@ -164,9 +164,9 @@ class Transformer(nn.Module):
             z = z + self.pos
         return self.out(self.encoder(z))
 
-    def zero_last(self) -> None:
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+    @property
+    def last(self) -> nn.Module:
+        return self.out
 
     def set_dropout(self, p: float) -> None:
         """Every dropout of the encoder (attention weights, residual branches, FFN) to `p`."""
@@ -324,7 +324,9 @@ class _Trained(_Base):
         torch.manual_seed(info.seed)
         g = torch.Generator().manual_seed(info.seed)
         self.net = self.build(info)
-        self.net.zero_last()
+        # Zero-initialised last layer (the CNN's last BN: γ = β = 0): the residual starts at linear.
+        nn.init.zeros_(self.net.last.weight)
+        nn.init.zeros_(self.net.last.bias)
         self._adapt(info)
         self._set_scales(train)
         self._fit_linear(train)
