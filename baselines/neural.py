@@ -25,14 +25,17 @@ what the architecture can do within a declared CPU budget.
   architecture keeps FeatMap's 0.2 layers) and its positional embedding starts at the fixed 2-D
   sine-cosine code of the grid (MAE's; the class token's: random, std 0.02), learned from there, in
   its own AdamW group (``pos_lr``: 1× the others' rate, not tuned).
-- The schedule's length is sized to the budget: a few steps are timed first (the step measures
-  itself, with the validation pass), then the number of steps is the class's ``max_steps`` or
-  what fits in the budget, whichever is less. The transformer's batch is chosen from the number
-  of tokens per map (``tokens_per_batch``) and halved until a step fits, so it never fails a task
-  for size (efficientnet_lite0 blocks.2: 784 positions, 1 map a batch).
+- The schedule runs on progress, the larger of the share of ``max_steps`` done and the share of
+  the budget's training time spent (``budget_use`` of the budget, less the validation checks), so
+  it ends at ``max_steps`` or when the budget is used, whichever comes first, and a machine whose
+  load changes during training still fills its budget (version 3 sized a step count once from
+  the first steps' times: a loaded start left most of the budget unused). Without a budget it is
+  a plain step schedule, deterministic under the seed. The transformer's batch is chosen from the
+  number of tokens per map (``tokens_per_batch``) and halved where too few steps of it fit, so it
+  never fails a task for size (efficientnet_lite0 blocks.2: 784 positions, 1 map a batch).
 - ``describe()``: ``stopped_by`` is "converged" (the full schedule ran), "early_stopping"
-  (validation stopped improving for ``patience`` checks) or "time_budget" (the budget shortened
-  the schedule; with ``steps`` 0 where the linear start left no room for a first step, its
+  (validation stopped improving for ``patience`` checks) or "time_budget" (the budget ended
+  the schedule before ``max_steps``; with ``steps`` 0 where the linear start left no room for a first step, its
   cost estimated from the validation pass, as on a loaded machine with the embedded default's
   5 s: then the mapper is that start, not a failed task);
   ``steps``, ``epochs`` (passes over the training rows or maps), ``best_step`` (0: the linear
@@ -217,18 +220,19 @@ class _Trained(_Base):
     """featbench's recipe: standardised residual over the closed-form linear map, AdamW 1e-3,
     warm-up + cosine sized to the budget, early stopping keeping the best validation state."""
 
-    version = "3"  # 3: residual over linear, standardised MSE, warm-up + cosine, budget-sized schedule, bf16
+    version = "4"  # 3: residual over linear, standardised MSE, warm-up + cosine, budget-sized schedule, bf16;
+    # 4: the schedule runs on progress (steps or time, whichever is further), not a step count sized once
     lr = 1e-3
     weight_decay = 1e-4
-    warmup = 0.05  # fraction of the steps
+    warmup = 0.05  # fraction of the schedule's progress
     max_steps = 2000  # the full schedule ("converged" when it runs to the end) ...
     max_epochs = 100  # ... or this many passes over the training rows / maps, if fewer
     n_checks = 20  # validation checks over the schedule
     patience = 5  # checks without improvement before stopping ...
     min_fraction = 0.5  # ... once this much of the schedule has run (early on, the warm-up's high
     # learning rate can worsen validation before it improves it)
-    probe_steps = 10  # timed steps before the schedule is sized (the median of 2..10)
-    budget_use = 0.8  # fraction of the budget the schedule is planned to fill
+    probe_steps = 10  # timed steps before a sequence model may halve its batch (the median of 2..10)
+    budget_use = 0.8  # fraction of the budget the schedule fills
     batch_rows = 4096  # per-position models: rows (positions) per step
     batch_maps = 16  # grid / sequence models: maps per step
     tokens_per_batch: int | None = None  # sequence models: batch_maps from the tokens per map
@@ -366,15 +370,27 @@ class _Trained(_Base):
         best_state = copy.deepcopy(self.net.state_dict())
         order = torch.empty(0, dtype=torch.long)
         total = min(self.max_steps, math.ceil(self.max_epochs * n / self.batch))  # small tasks: fewer steps
-        step_s, times = 0.0, []
-        while self.steps < total:
+        # The schedule runs on progress: the larger of the share of steps and the share of the training
+        # time done. Sized once from the first steps' times (version 3), a start on a loaded machine cut the
+        # schedule short and left most of the budget unused (42 of 1500 steps in 135 of 300 s); on
+        # progress, training fills the budget whatever the load does, and never plans past it.
+        train_start = time.perf_counter()
+        train_s = None if deadline is None else max(deadline - train_start - self.n_checks * val_s, 1e-6)
+
+        def progress() -> float:
+            p = self.steps / total if total else 1.0
+            if train_s is not None:
+                p = max(p, (time.perf_counter() - train_start) / train_s)
+            return min(p, 1.0)
+
+        step_s, times, p, next_check = 0.0, [], progress(), 1
+        while p < 1.0:
             if len(order) < self.batch:
                 order = torch.cat([order, torch.randperm(n, generator=g)])
             idx, order = order[:self.batch], order[self.batch:]
             t1 = time.perf_counter()
-            warm = max(1, round(self.warmup * total))
-            lr = self.lr * (self.steps + 1) / warm if self.steps < warm else \
-                self.lr * 0.5 * (1 + math.cos(math.pi * (self.steps - warm) / max(1, total - warm)))
+            lr = self.lr * (max(p, 1 / total) / self.warmup if p < self.warmup else
+                            0.5 * (1 + math.cos(math.pi * (p - self.warmup) / (1 - self.warmup))))
             for group in opt.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             loss = self._loss(xs[idx], ys[idx])
@@ -386,28 +402,25 @@ class _Trained(_Base):
             times.append(dt)
             # The median step after the first (which also warms up the allocator), with a margin.
             step_s = 1.1 * (sorted(times[1:])[len(times[1:]) // 2] if len(times) > 1 else dt)
-            if self.steps == min(self.probe_steps, total - 1) and deadline is not None:
-                # Size the schedule: the steps (and validation checks) that fit before the deadline.
-                left = deadline - time.perf_counter()
-                fits = int((left - self.n_checks * val_s) / step_s) + self.steps
-                if fits < total:
-                    total, self.stopped_by = max(self.steps + 1, fits), "time_budget"
-                    if fits < 2 * self.probe_steps and self.batch > 1 and not self.per_position:
-                        self.batch = max(1, self.batch // 2)  # a smaller step, more of them
-                        total = max(self.steps + 1, int((left - self.n_checks * val_s) / (step_s / 2)) + self.steps)
-            check_every = max(1, total // self.n_checks)
-            if self.steps % check_every == 0 or self.steps == total:
+            if self.steps == self.probe_steps and train_s is not None and self.batch > 1 and not self.per_position:
+                fits = (train_s - (time.perf_counter() - train_start)) / step_s
+                if fits < self.probe_steps:  # too few steps of this size fit: a smaller step, more of them
+                    self.batch = max(1, self.batch // 2)
+            p = progress()
+            if p >= next_check / self.n_checks:
+                next_check = math.floor(p * self.n_checks) + 1
                 v = self._val_loss(xv, yv)
                 if v < best:
                     best, best_state, self.best_step, stale = v, copy.deepcopy(self.net.state_dict()), self.steps, 0
                 else:
                     stale += 1
-                if stale >= self.patience and self.min_fraction * total <= self.steps < total:
+                if stale >= self.patience and self.min_fraction <= p < 1.0:
                     self.stopped_by = "early_stopping"
                     break
-            if out_of_time(step_s + val_s):
-                self.stopped_by = "time_budget"
-                break
+            if p < 1.0 and out_of_time(step_s + val_s):
+                p = 1.0
+        if self.stopped_by != "early_stopping" and self.steps < total:
+            self.stopped_by = "time_budget"
         self.net.load_state_dict(best_state)
         self.best_val_loss = best
         self._stop_training(n, self.stopped_by)
@@ -551,7 +564,7 @@ class CNNMapper(_CNN, _Trained):
 
 class TransformerMapper(_Transformer, _Trained):
     name = "transformer"
-    version = "4"  # 4: lr 3e-4, no dropout, 2-D sine-cosine positional start, no early stopping
+    version = "5"  # 4: lr 3e-4, no dropout, 2-D sine-cosine positional start, no early stopping; 5: as _Trained 4
     positional = True
     time_budget_s = 300
     lr = 3e-4  # 1e-3 never beat the linear start on validation (see the module docstring)

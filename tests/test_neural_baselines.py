@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -106,6 +108,39 @@ def test_a_budget_spent_by_the_linear_start_keeps_it_and_says_so(cls):
     lin = Linear()
     lin.fit(train)
     torch.testing.assert_close(_maps(m.predict(train.x[:4])), _maps(lin.predict(train.x[:4])), atol=1e-5, rtol=1e-5)
+
+
+def _slowed(m, slow_steps: range, seconds: float):
+    """`m` whose training steps in `slow_steps` (0-based) each take `seconds` more: a passing load."""
+    loss, calls = m._loss, [0]
+
+    def slow_loss(*args):
+        if calls[0] in slow_steps:
+            time.sleep(seconds)
+        calls[0] += 1
+        return loss(*args)
+
+    m._loss = slow_loss
+    return m
+
+
+def test_a_slow_start_does_not_cut_the_schedule_short():
+    # Steps 2-10 slowed to 0.1 s, as by another job at the start: version 3 sized its schedule from
+    # them (about 65 steps in this budget) and left the rest of the budget unused. On progress, the
+    # schedule runs on at the real pace and reaches its step count.
+    m = _slowed(neural.MLPMapper(), range(1, 10), 0.1)
+    m.max_steps, m.batch_rows, m.patience = 400, 64, 10 ** 6  # the schedule alone ends training
+    m.fit(_data(n=60, budget=10.0))
+    assert (m.describe()["steps"], m.describe()["stopped_by"]) == (400, "converged")
+
+
+def test_a_schedule_the_budget_ends_is_recorded_as_a_budget_stop():
+    m = _slowed(neural.MLPMapper(), range(10 ** 6), 0.02)  # every step slow: 1.6 s hold about 80
+    m.max_steps, m.patience = 10 ** 5, 10 ** 6
+    m.fit(_data(n=60, budget=2.0))
+    d = m.describe()
+    assert d["stopped_by"] == "time_budget" and 1 <= d["steps"] < m.max_steps
+    assert torch.isfinite(_maps(m.predict(_data().x[:2]))).all()
 
 
 def test_mlp_learns_beyond_linear_on_a_nonlinear_relation():
