@@ -88,6 +88,14 @@ def _cmd_build(args: argparse.Namespace) -> None:
               f"score it with `featbench run --suite {built.name}` (its file: {built.path})")
 
 
+def _use_threads(threads: int | None) -> None:
+    """torch's CPU threads in this process, where the command was given ``--threads``."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _cmd_run(args: argparse.Namespace) -> None:
     from featbench.core.results import result_path
     from featbench.data.suites import load_suite
@@ -96,6 +104,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from featbench.scoring.run import evaluate
     from featbench.scoring.summaries import invert_summary_table, map_summary_table
 
+    # The scoring here (tails, LPIPS) keeps to the threads a fit gets, and the records say so.
+    _use_threads(args.threads)
     suite = load_suite(args.suite)
     invert = args.track == "invert"
     models = args.model or (suite.run_defaults.get("invert_models", _INVERT_MODELS) if invert
@@ -128,8 +138,7 @@ def _cmd_train_inverter(args: argparse.Namespace) -> None:
     from featbench.scoring.invert_track import train_inverter
     from featbench.data.suites import load_suite
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _use_threads(args.threads)
     suite = load_suite(args.suite)
     report = train_inverter(suite, args.backbone, args.layer, args.preset, seed=args.seed,
                             max_steps=args.max_steps, max_minutes=args.max_minutes, restart=args.restart)
@@ -148,13 +157,10 @@ def _cmd_train_inverter(args: argparse.Namespace) -> None:
 
 
 def _cmd_show(args: argparse.Namespace) -> None:
-    import torch
-
     from featbench.viz.show import models_by_name, models_from_results, show
     from featbench.data.suites import load_suite
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _use_threads(args.threads)
     suite = load_suite(args.suite)
     models = (models_from_results(args.models_from, suite) if args.models_from else []) + \
         models_by_name(args.model or [], suite, seed=args.seed, time_budget_s=args.time_budget)

@@ -63,6 +63,21 @@ def test_run_writes_a_result_that_validate_accepts(scored, capsys):
     assert "was scored on suite tiny-test" in capsys.readouterr().err
 
 
+def test_run_with_threads_scores_with_them_and_records_them(scored, tmp_path, monkeypatch):
+    import torch
+
+    suite_file, out = scored
+    monkeypatch.setenv("FEATBENCH_CACHE", str(out.parents[2] / "cache"))
+    threads = torch.get_num_threads()
+    try:
+        assert main(["run", "--suite", str(suite_file), "--model", "identity", "--out", str(tmp_path / "r.json"),
+                     "--n-boot", "20", "--no-isolation", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1  # the scoring process too, not only a fit's child
+    finally:
+        torch.set_num_threads(threads)
+    assert read_result(tmp_path / "r.json")["tasks"][0]["provenance"]["threads"] == "1"
+
+
 def test_submit_check_reruns_a_result_and_catches_an_altered_score(scored, tmp_path, capsys):
     suite_file, out = scored
     assert main(["submit-check", str(out), "--suite", str(suite_file), "--sample", "1", "--isolation", "none"]) == 0
