@@ -120,6 +120,44 @@ def test_interrupted_build_resumes_without_redoing_written_shards(suite, monkeyp
     np.testing.assert_array_equal(column_array(resumed.train, "y"), column_array(clean.train, "y"))
 
 
+def test_splits_saved_before_an_interruption_are_saved_again_on_resume(suite, monkeypatch):
+    # TINY_CNN's 8 datasets are written first, chunk by chunk: after the 16th write every train
+    # shard is there, so its train splits are saved into their staging folders when the build
+    # stops at the 19th, in its test chunk.
+    real_write = storage._write_shard
+    calls = {"n": 0}
+
+    def failing_write(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 18:
+            raise KeyboardInterrupt
+        real_write(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "_write_shard", failing_write)
+    with pytest.raises(KeyboardInterrupt):
+        _build(suite)
+    ref = variant_refs(suite, TINY_CNN, "blocks.3")["rot90"]
+    staged = sorted(ref.path.parent.glob(f"{ref.path.name}.tmp/train/*.arrow"))
+    assert staged and not ref.path.exists()
+    staged[0].write_bytes(b"left by a build that was killed while saving")
+    (staged[0].parent / "data-00001-of-00002.arrow").write_bytes(b"a stray file of another layout")
+
+    monkeypatch.setattr(storage, "_write_shard", real_write)
+    _, report = _build(suite)
+    assert len(report.built) == 12 and not list(ref.path.parent.glob("*.tmp"))
+    resumed = fb.load_task(suite, f"map/{TINY_CNN}/blocks.3/rot90")  # verified against its recorded hashes
+    def saved_files() -> dict:  # all but the record, whose creation time differs
+        return {p.relative_to(ref.path): p.read_bytes() for p in ref.path.rglob("*")
+                if p.is_file() and p.name != storage.RECORD}
+
+    files = saved_files()
+    shutil.rmtree(Path(storage.cache_dir()) / "datasets")
+    _build(suite)
+    assert files == saved_files()
+    np.testing.assert_array_equal(column_array(resumed.train, "y"),
+                                  column_array(fb.load_task(suite, f"map/{TINY_CNN}/blocks.3/rot90").train, "y"))
+
+
 def test_corrupt_cache_entry_is_refused_then_rebuilt(suite):
     _build(suite)
     ref = variant_refs(suite, TINY_CNN, "blocks.3")["rot90"]

@@ -289,36 +289,65 @@ def _glibc() -> ctypes.CDLL | None:
         return None
 
 
-def _split_dataset(ref: VariantRef, chunks: list[Chunk], split: str) -> datasets.Dataset:
-    """One split's shards as one memory-mapped dataset.
+class _Assembly:
+    """Assembles one backbone's shards into saved ``DatasetDict``s with their records.
 
-    One table over all shards, fingerprinted by the key: a Dataset per shard, each fingerprinted
-    by dill-hashing its state, then concatenated, cost more than writing the data.
+    A split whose shards are all written is saved while the extraction goes on (`split_written`,
+    rank 0 only), so that the end of a build is left with the last split to save, not every split.
+    Splits are saved into a staging folder beside the dataset, which then replaces it at once.
     """
-    table = concat_tables([MemoryMappedTable.from_file(str(ref.partial / c.shard)) for c in chunks])
-    ds = datasets.Dataset(table, fingerprint=f"{ref.key[:16]}-{split}")
-    ds.set_format(None, columns=ds.column_names)  # as concatenate_datasets left it: state.json reads the same
-    return ds
 
+    def __init__(self, refs: dict[str, dict[str, VariantRef]], chunks: list[Chunk], n_rows: dict[str, int],
+                 todo: dict[str, list[str]]):
+        self.refs, self.n_rows = refs, n_rows
+        self.chunks = {split: [c for c in chunks if c.split == split] for split in SPLITS}
+        self.staged: set[tuple[str, str, str]] = set()  # (variant, layer, split)
+        self.columns: dict[tuple[str, str], list[str]] = {}
+        for variant, layers in todo.items():  # a staging folder left by an interrupted build is never reused
+            for layer in layers:
+                shutil.rmtree(self._staging(refs[layer][variant]), ignore_errors=True)
 
-def _finalize(ref: VariantRef, chunks: list[Chunk], n_rows: dict[str, int]) -> int:
-    """Assemble the shards into a saved DatasetDict with its record; returns bytes on disk."""
-    dd = DatasetDict({split: _split_dataset(ref, [c for c in chunks if c.split == split], split) for split in SPLITS})
-    for split in SPLITS:
-        if len(dd[split]) != n_rows[split]:
-            raise DataError(f"{ref.partial}: {split} has {len(dd[split])} rows, expected {n_rows[split]}")
-    tmp = ref.path.with_name(ref.path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with quiet_datasets():
-        dd.save_to_disk(str(tmp))
-    files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*.arrow"))}
-    record = {"key": ref.key, "spec": ref.spec, "files": files, "rows": n_rows,
-              "columns": list(dd["train"].column_names), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    (tmp / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))
-    shutil.rmtree(ref.path, ignore_errors=True)
-    os.replace(tmp, ref.path)
-    shutil.rmtree(ref.partial, ignore_errors=True)
-    return sum(p.stat().st_size for p in ref.path.rglob("*") if p.is_file())
+    @staticmethod
+    def _staging(ref: VariantRef) -> Path:
+        return ref.path.with_name(ref.path.name + ".tmp")
+
+    def _save_split(self, variant: str, layer: str, split: str) -> None:
+        """One split's shards as one table, fingerprinted by the key: a Dataset per shard, each
+        fingerprinted by dill-hashing its state, then concatenated, cost more than writing the data."""
+        ref = self.refs[layer][variant]
+        table = concat_tables([MemoryMappedTable.from_file(str(ref.partial / c.shard)) for c in self.chunks[split]])
+        ds = datasets.Dataset(table, fingerprint=f"{ref.key[:16]}-{split}")
+        ds.set_format(None, columns=ds.column_names)  # as concatenate_datasets left it: state.json reads the same
+        if len(ds) != self.n_rows[split]:
+            raise DataError(f"{ref.partial}: {split} has {len(ds)} rows, expected {self.n_rows[split]}")
+        ds.save_to_disk(str(self._staging(ref) / split))
+        self.staged.add((variant, layer, split))
+        self.columns[variant, layer] = ds.column_names
+
+    def split_written(self, variant: str, layer: str, split: str) -> None:
+        """Save the split now if all of its shards are on disk (the last one may be another rank's)."""
+        partial = self.refs[layer][variant].partial
+        if all((partial / c.shard).is_file() for c in self.chunks[split]):
+            self._save_split(variant, layer, split)
+
+    def finish(self, variant: str, layer: str) -> int:
+        """Save the splits not saved yet, record the files and put the dataset in place; returns bytes on disk."""
+        ref = self.refs[layer][variant]
+        for split in SPLITS:
+            if (variant, layer, split) not in self.staged:
+                self._save_split(variant, layer, split)
+        tmp = self._staging(ref)
+        # What DatasetDict.save_to_disk writes beside its splits, which are saved one by one here.
+        (tmp / datasets.config.DATASETDICT_JSON_FILENAME).write_text(json.dumps({"splits": list(SPLITS)}))
+        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*.arrow"))}
+        record = {"key": ref.key, "spec": ref.spec, "files": files, "rows": self.n_rows,
+                  "columns": self.columns[variant, layer],
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (tmp / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))
+        shutil.rmtree(ref.path, ignore_errors=True)
+        os.replace(tmp, ref.path)
+        shutil.rmtree(ref.partial, ignore_errors=True)
+        return sum(p.stat().st_size for p in ref.path.rglob("*") if p.is_file())
 
 
 def build_suite(suite: Suite, images: str | Path | None = None, custom: bool = False, *,
@@ -353,16 +382,21 @@ def build_suite(suite: Suite, images: str | Path | None = None, custom: bool = F
             if not todo:
                 continue
             with keep_freed_memory():
-                with ranks.together(f"extracting {name}", after=f"Nothing of {name} was assembled; the shards "
-                                    "written are kept, and building again resumes from them"):
+                assembly = _Assembly(refs, chunks, n_rows, todo) if ranks.is_main else None
+                with quiet_datasets(), ranks.together(
+                        f"extracting {name}", after=f"Nothing of {name} was assembled; the shards "
+                        "written are kept, and building again resumes from them"):
                     bb = (models or {}).get(name) or load_backbone(name, compile=compile)
                     _build_backbone(suite, source, bb, refs, todo, ranks.share(chunks), batch_size,
-                                    progress and ranks.is_main)
-                with ranks.together(f"assembling {name}'s datasets"):
-                    if ranks.is_main:
-                        for variant, variant_layers in todo.items():
-                            for layer in variant_layers:
-                                report.bytes_on_disk += _finalize(refs[layer][variant], chunks, n_rows)
+                                    progress and ranks.is_main, assembly)
+                with quiet_datasets(), ranks.together(f"assembling {name}'s datasets"):
+                    if assembly is not None:
+                        labels = [(variant, layer) for variant, ls in todo.items() for layer in ls]
+                        # Mostly writing and hashing, which release the GIL: two at a time shorten
+                        # the build's serial tail (benchmarks/extraction_throughput.py).
+                        with ThreadPoolExecutor(_ASSEMBLERS, "featbench-assemble") as pool:
+                            for (variant, layer), size in zip(labels, pool.map(lambda vl: assembly.finish(*vl), labels)):
+                                report.bytes_on_disk += size
                                 report.built.append(f"{name}/{layer}/{variant}")
     report.seconds = time.time() - start
     return suite, report
@@ -432,8 +466,11 @@ def decode_chunk(suite: Suite, source: ImageSource, bb: Backbone, chunk: Chunk) 
     """Decode each image of the chunk once; every variant derives from these pixels."""
     split_views = _SplitViews(suite, source, bb, chunk.split)
     pixels, ids, view_ix, labels = [], [], [], []
-    for rec in chunk.records:
-        for v, px in enumerate(split_views.cut(source.open(rec), rec.image_id)):
+    # Decoding and resizing release the GIL: two at a time shorten the wait for a build's first batch.
+    with ThreadPoolExecutor(_DECODERS, "featbench-decode") as pool:
+        cuts = pool.map(lambda rec: split_views.cut(source.open(rec), rec.image_id), chunk.records)
+    for rec, rec_views in zip(chunk.records, cuts):
+        for v, px in enumerate(rec_views):
             pixels.append(px)
             ids.append(rec.image_id)
             view_ix.append(v)
@@ -452,12 +489,14 @@ def variant_pixels(suite: Suite, rows: Decoded, manipulations: list[Manipulation
 
 
 def _build_backbone(suite: Suite, source: ImageSource, bb: Backbone, refs: dict[str, dict[str, VariantRef]],
-                    todo: dict[str, list[str]], chunks: list[Chunk], batch_size: int, progress: bool) -> None:
+                    todo: dict[str, list[str]], chunks: list[Chunk], batch_size: int, progress: bool,
+                    assembly: _Assembly | None) -> None:
     """Write the shards of `chunks` that `todo` ({variant: layers}) lacks.
 
     Three stages overlap: a background thread decodes, manipulates and normalises the next input
-    batches while this one runs the network, and another writes the last chunk's shards. Measured
-    on 2 shared cores (benchmarks/extraction_throughput.py), each overlap made the build faster.
+    batches while this one runs the network, and another writes the last chunk's shards (and
+    hands each split whose shards are complete to `assembly`). Measured on 2 shared cores
+    (benchmarks/extraction_throughput.py), each overlap made the build faster.
     """
     manipulations = {variant_name(m): m for m in suite.variants()}
     schemas = {}
@@ -479,6 +518,8 @@ def _build_backbone(suite: Suite, source: ImageSource, bb: Backbone, refs: dict[
                 _write_shard(refs[layer][variant].partial / chunk.shard, schemas[layer], rows.ids, rows.view_ix,
                              rows.labels, maps[i * n:(i + 1) * n],
                              None if prefixes is None else prefixes[i * n:(i + 1) * n])
+                if assembly is not None:
+                    assembly.split_written(variant, layer, chunk.split)
 
     inputs = _by_chunk(prefetched(_chunk_inputs(suite, source, bb, work, manipulations, batch_size),
                                   _BATCHES_AHEAD, name="featbench-decode"))
@@ -499,6 +540,7 @@ def _build_backbone(suite: Suite, source: ImageSource, bb: Backbone, refs: dict[
     bar.close()
 
 
+_ASSEMBLERS = _DECODERS = 2
 _BATCHES_AHEAD = 4  # input batches made ahead: enough to cover the decoding at a chunk's start
 _CHUNK_END = object()
 
