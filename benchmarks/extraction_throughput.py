@@ -15,6 +15,9 @@ The unit is one feature-map set of one image variant (one image through one forw
 N images and 12 manipulations give 13·N units. Targets: featbench ≥ 2.0× naive and ≥ 0.9× fastest.
 
     .venv/bin/python benchmarks/extraction_throughput.py --images ../shared/data/imagenet-samples
+
+With ``--device cuda`` every forward (the references' and featbench's) runs on the GPU, and
+decoding, manipulating and writing stay on the CPU, as in ``featbench build --device cuda``.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--manipulations", nargs="*", default=[m.name for m in v1.manipulations])
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--repeats", type=int, default=1, help="timed rounds (best of each is reported)")
+    p.add_argument("--device", default="cpu", help="where every forward runs: cpu (default) or cuda; the "
+                                                   "references' batches are put there before their clocks start")
     return p.parse_args(argv)
 
 
@@ -141,19 +146,23 @@ def compiled(module: nn.Module, freezing: bool) -> Callable:
     return run
 
 
-def forward_timer(fn: Callable, batches: list[torch.Tensor], n_rows: int, channels_last: bool) -> Callable[[], float]:
+def forward_timer(fn: Callable, batches: list[torch.Tensor], n_rows: int, channels_last: bool,
+                  device: torch.device) -> Callable[[], float]:
     """A function that times `fn` over all batches (after two warm-up calls); returns rows/s."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    batches = [b.contiguous(memory_format=fmt) for b in batches]  # layout prepared outside the clock
+    batches = [b.to(device, memory_format=fmt) for b in batches]  # layout and place prepared outside the clock
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.inference_mode():
         fn(batches[0])
         fn(batches[0])
+        sync()
 
     def run() -> float:
         with torch.inference_mode():
             start = time.perf_counter()
             for b in batches:
                 fn(b)
+            sync()
             return n_rows / (time.perf_counter() - start)
 
     return run
@@ -184,7 +193,7 @@ def featbench_timer(args: argparse.Namespace, bb: fb.Backbone, suite: fb.Suite, 
         use_cache(cache, assets_from)
         start = time.perf_counter()
         _, report = fb.build_suite(suite, images=images, custom=True, batch_size=args.batch_size,
-                                   compile=True, progress=False, models=models)
+                                   compile=True, progress=False, models=models, device=args.device)
         seconds = time.perf_counter() - start
         assert len(report.built) == len(args.layers) * (1 + len(suite.manipulations)), report.summary()
         shutil.rmtree(cache / "datasets")
@@ -200,7 +209,7 @@ def warm_up(args: argparse.Namespace, bb: fb.Backbone, work: Path, assets_from: 
     use_cache(work / "cache-warm", assets_from)
     start = time.perf_counter()
     fb.build_suite(suite, images=images, custom=True, batch_size=args.batch_size, compile=True,
-                   progress=False, models={args.backbone: bb})
+                   progress=False, models={args.backbone: bb}, device=args.device)
     return time.perf_counter() - start
 
 
@@ -237,20 +246,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: no image folder with SHA256SUMS at {args.images} (pass --images DIR)")
         return 0
     print(environment())
+    # featbench's forward passes on CUDA run without TF32 (exact maps); the references likewise.
+    torch.backends.cudnn.allow_tf32 = False
     assets_from = cache_dir()  # before FEATBENCH_CACHE is redirected: reuse the converted weights
     work = Path(tempfile.mkdtemp(prefix="featbench-throughput-"))
     try:
         n = args.n_images
         images = first_images(args.images, n, work / "images")
         suite = bench_suite(args, images, n, args.n_test or max(1, n // 5), work / "bench.yaml")
-        bb = fb.load_backbone(args.backbone, compile=True)
-        print(f"{args.backbone} {' '.join(args.layers)}; {n} images × {1 + len(suite.manipulations)} variants; "
+        bb = fb.load_backbone(args.backbone, compile=True, device=args.device)
+        print(f"{args.backbone} on {bb.device} {' '.join(args.layers)}; {n} images × {1 + len(suite.manipulations)} variants; "
               f"batch {args.batch_size}; featbench warm-up (load + compile) {warm_up(args, bb, work, assets_from):.0f} s")
         batches, n_rows = reference_batches(bb, suite, images, args.batch_size)
-        frozen = forward_timer(compiled(trunk(bb, args.layers, True), freezing=True), batches, n_rows, True)
+        frozen = forward_timer(compiled(trunk(bb, args.layers, True), freezing=True), batches, n_rows, True, bb.device)
         runs = {
-            NAIVE: forward_timer(trunk(bb, args.layers, False), batches, n_rows, False),
-            COMPILED: forward_timer(compiled(trunk(bb, args.layers, True), freezing=False), batches, n_rows, True),
+            NAIVE: forward_timer(trunk(bb, args.layers, False), batches, n_rows, False, bb.device),
+            COMPILED: forward_timer(compiled(trunk(bb, args.layers, True), freezing=False), batches, n_rows, True,
+                                    bb.device),
             FROZEN: frozen,
             FROZEN_KEPT: keeping_freed_memory(frozen),
             FEATBENCH: featbench_timer(args, bb, suite, images, work, assets_from),

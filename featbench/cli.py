@@ -79,7 +79,7 @@ def _cmd_build(args: argparse.Namespace) -> None:
 
     suite = load_suite(args.suite)
     built, report = build_suite(suite, images=args.images, custom=args.custom, batch_size=args.batch_size,
-                                compile=not args.no_compile, backbones=args.backbone or None)
+                                compile=not args.no_compile, backbones=args.backbone or None, device=args.device)
     if not report.ranks.is_main:  # under torchrun: rank 0 speaks for all
         return
     print(report.summary())
@@ -308,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", action="append", help="only this backbone (repeatable)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (faster start, slower run)")
+    p.add_argument("--device", help="run the forward passes on cuda, cuda:1, ... (default: the CPU; under a "
+                                    "launcher, cuda means each rank's LOCAL_RANK GPU)")
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser("run", help="fit and score models on a suite's map tasks, write result files")

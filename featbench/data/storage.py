@@ -138,12 +138,14 @@ class BuildReport:
     bytes_on_disk: int = 0
     n_images: int = 0
     ranks: Ranks = field(default_factory=Ranks)  # the processes that built it; rank 0 has the whole report
+    device: str = ""  # where rank 0 ran the forward passes ("" if nothing was extracted)
 
     def summary(self) -> str:
         processes = f" in {self.ranks.world_size} processes" if self.ranks.world_size > 1 else ""
+        on = f" on {self.device}" if self.device else ""
         lines = [f"suite {self.suite}: {len(self.built)} datasets built, {len(self.reused)} reused, "
                  f"{len(self.rebuilt_corrupt)} corrupt ones rebuilt; {self.n_images} images; "
-                 f"{self.bytes_on_disk / 2**30:.2f} GiB on disk; {self.seconds:.0f} s{processes}"]
+                 f"{self.bytes_on_disk / 2**30:.2f} GiB on disk; {self.seconds:.0f} s{processes}{on}"]
         lines += [f"  rebuilt (was corrupt): {name}" for name in self.rebuilt_corrupt]
         return "\n".join(lines)
 
@@ -352,13 +354,18 @@ class _Assembly:
 
 def build_suite(suite: Suite, images: str | Path | None = None, custom: bool = False, *,
                 backbones: Iterable[str] | None = None, batch_size: int = 32, compile: bool = False,
-                progress: bool = True, models: Mapping[str, Backbone] | None = None) -> tuple[Suite, BuildReport]:
+                progress: bool = True, models: Mapping[str, Backbone] | None = None,
+                device: str | None = None) -> tuple[Suite, BuildReport]:
     """Extract and cache every variant dataset of `suite`; returns the suite built (custom or not).
 
     `images` overrides the image folder; with `custom`, a folder that is not the pinned one
     builds a custom suite (see `Suite.as_custom`). `compile` uses ``torch.compile`` for the
     forward passes (worth its start-up time on full suites). `models` gives backbones already
     loaded (say, compiled and warmed up by an earlier build), by name, to use instead of loading.
+    `device` runs the forward passes there (default: the CPU); ``cuda`` under a launcher gives
+    each rank the GPU of its LOCAL_RANK. Decoding, manipulating and writing stay on the CPU.
+    A GPU's maps are deterministic (no TF32) but not the CPU's bits: the published suites'
+    task hashes are those of CPU builds.
 
     Under a launcher of several processes (``torchrun``, ``accelerate launch``: see
     `launched_ranks`), each process extracts every world_size-th chunk of images; rank 0 alone
@@ -386,7 +393,8 @@ def build_suite(suite: Suite, images: str | Path | None = None, custom: bool = F
                 with quiet_datasets(), ranks.together(
                         f"extracting {name}", after=f"Nothing of {name} was assembled; the shards "
                         "written are kept, and building again resumes from them"):
-                    bb = (models or {}).get(name) or load_backbone(name, compile=compile)
+                    bb = (models or {}).get(name) or load_backbone(name, compile=compile, device=_rank_device(device))
+                    report.device = _device_name(bb.device)
                     _build_backbone(suite, source, bb, refs, todo, ranks.share(chunks), batch_size,
                                     progress and ranks.is_main, assembly)
                 with quiet_datasets(), ranks.together(f"assembling {name}'s datasets"):
@@ -400,6 +408,17 @@ def build_suite(suite: Suite, images: str | Path | None = None, custom: bool = F
                                 report.built.append(f"{name}/{layer}/{variant}")
     report.seconds = time.time() - start
     return suite, report
+
+
+def _rank_device(device: str | None) -> str | None:
+    """``cuda`` under a launcher (torchrun and accelerate set LOCAL_RANK): this rank's own GPU."""
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return device
+
+
+def _device_name(device: torch.device) -> str:
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
 
 
 def _plan_backbone(backbone_name: str, refs: dict[str, dict[str, VariantRef]],

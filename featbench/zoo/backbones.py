@@ -18,6 +18,7 @@ carries its prefix as the attribute ``.prefix``, and `tail` puts the two back to
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -276,12 +277,47 @@ def _compile_frozen(module: nn.Module) -> Callable:
     return run
 
 
-class Backbone:
-    """A loaded backbone: preprocessing, feature maps at named layers, and the tail."""
+def _torch_device(device: str | torch.device | None) -> torch.device:
+    """`device` checked against what this torch can reach (default: the CPU)."""
+    dev = torch.device(device if device is not None else "cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FeatbenchError(f"device {str(dev)!r} asked for, but this torch ({torch.__version__}) sees no "
+                                 "CUDA device; leave --device out to run on the CPU")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise FeatbenchError(f"device {str(dev)!r} asked for, but there are {torch.cuda.device_count()} CUDA devices")
+    return dev
 
-    def __init__(self, spec: BackboneSpec, model: nn.Module, weights_sha256: str, compile: bool = False):
+
+@contextlib.contextmanager
+def _full_precision(device: torch.device):
+    """On CUDA: float32 convolutions and matrix products without TF32 (cuDNN uses it by default),
+    and deterministic cuDNN kernels, so that a GPU build repeats itself and stays within float16
+    storage rounding of a CPU build."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+
+
+class Backbone:
+    """A loaded backbone: preprocessing, feature maps at named layers, and the tail.
+
+    The network runs on `device` (default: the CPU); `features` and `tail` take and return
+    tensors wherever the caller keeps them.
+    """
+
+    def __init__(self, spec: BackboneSpec, model: nn.Module, weights_sha256: str, compile: bool = False,
+                 device: str | torch.device | None = None):
         self.spec = spec
-        self.model = model.eval().requires_grad_(False)
+        self.device = _torch_device(device)
+        self.model = model.eval().requires_grad_(False).to(self.device)
         self.weights_sha256 = weights_sha256
         self.is_vit = isinstance(model, VisionTransformer)
         self.num_prefix_tokens = int(model.num_prefix_tokens) if self.is_vit else 0
@@ -359,19 +395,20 @@ class Backbone:
         self._check_layers(layers)
         order = tuple(sorted(set(layers), key=self._index.__getitem__))
         extract = self._extractor(order, self._compile and not differentiable)
-        with torch.inference_mode(not differentiable):
-            outs = dict(zip(order, extract(x.contiguous(memory_format=self.input_memory_format))))
-            return {layer: self._to_map(outs[layer], dtype or outs[layer].dtype) for layer in layers}
+        with torch.inference_mode(not differentiable), _full_precision(self.device):
+            x_in = x.to(self.device, memory_format=self.input_memory_format, non_blocking=True)
+            outs = dict(zip(order, extract(x_in)))
+            return {layer: self._to_map(outs[layer], dtype or outs[layer].dtype, x.device) for layer in layers}
 
-    def _to_map(self, out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        # One copy per tensor: converting and re-laying out together moves the bytes once.
+    def _to_map(self, out: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        # One copy per tensor: converting, moving and re-laying out together moves the bytes once.
         if not self.is_vit:
-            return out.to(dtype, memory_format=torch.contiguous_format)
+            return out.to(device, dtype, memory_format=torch.contiguous_format)
         k = self.num_prefix_tokens
         n, _, c = out.shape
         h, w = self.model.patch_embed.grid_size
-        grid = out[:, k:].transpose(1, 2).to(dtype, memory_format=torch.contiguous_format).view(n, c, h, w)
-        grid.prefix = out[:, :k].transpose(1, 2).to(dtype, memory_format=torch.contiguous_format)  # N×C×k
+        grid = out[:, k:].transpose(1, 2).to(device, dtype, memory_format=torch.contiguous_format).view(n, c, h, w)
+        grid.prefix = out[:, :k].transpose(1, 2).to(device, dtype, memory_format=torch.contiguous_format)  # N×C×k
         return grid
 
     @torch.inference_mode()
@@ -381,7 +418,7 @@ class Backbone:
         For ViTs the map's prefix tokens (N×C×k) are taken from ``prefix`` or ``fmap.prefix``.
         """
         self._check_layers([layer])
-        x = fmap
+        x = fmap.to(self.device)
         if self.is_vit:
             prefix = prefix if prefix is not None else getattr(fmap, "prefix", None)
             if prefix is None:
@@ -389,12 +426,13 @@ class Backbone:
                     f"{self.name} is a vision transformer: its tail needs the class-token prefix "
                     "(N×C×k); pass prefix= or a map returned by features()")
             n, c = fmap.shape[:2]
-            x = torch.cat([prefix.transpose(1, 2), fmap.reshape(n, c, -1).transpose(1, 2)], dim=1)
+            x = torch.cat([prefix.to(self.device).transpose(1, 2), x.reshape(n, c, -1).transpose(1, 2)], dim=1)
         else:
             x = x.contiguous(memory_format=torch.channels_last)
-        for _, stage in self._stages[self._index[layer] + 1:]:
-            x = stage(x)
-        return x
+        with _full_precision(self.device):
+            for _, stage in self._stages[self._index[layer] + 1:]:
+                x = stage(x)
+        return x.to(fmap.device)
 
 
 def _fingerprint(spec: BackboneSpec, weights_sha256: str) -> dict[str, Any]:
@@ -495,8 +533,9 @@ def use_weights_file(name: str, path: str | Path) -> None:
     os.environ[weights_env_var(name)] = str(path)
 
 
-def load_backbone(name: str, *, pretrained_file: str | Path | None = None, compile: bool = False) -> Backbone:
-    """A backbone in eval mode with its pinned weights.
+def load_backbone(name: str, *, pretrained_file: str | Path | None = None, compile: bool = False,
+                  device: str | torch.device | None = None) -> Backbone:
+    """A backbone in eval mode with its pinned weights, on `device` (default: the CPU).
 
     `name` is a registered backbone (`list_backbones()`) or any timm model name, whose weights
     then come from timm's pretrained config. `pretrained_file`, else the file `use_weights_file`
@@ -511,22 +550,22 @@ def load_backbone(name: str, *, pretrained_file: str | Path | None = None, compi
                 f"unknown backbone {name!r}: neither registered ({', '.join(list_backbones())}) nor a timm model")
         model = _timm_pretrained(BackboneSpec(name, name, Preprocessing(0, 0), {}, True), pretrained_file)
         spec = _spec_from_timm(name, model)
-        return Backbone(spec, model, sha256_tensors(model.state_dict()), compile=compile)
+        return Backbone(spec, model, sha256_tensors(model.state_dict()), compile=compile, device=device)
     if spec.random_init_seed is not None:
         with torch.random.fork_rng():
             torch.manual_seed(spec.random_init_seed)
             model = _create_model(spec)
-        return Backbone(spec, model, sha256_tensors(model.state_dict()), compile=compile)
+        return Backbone(spec, model, sha256_tensors(model.state_dict()), compile=compile, device=device)
     if spec.asset is None:
         model = _timm_pretrained(spec, pretrained_file)
-        return Backbone(spec, model, sha256_tensors(model.state_dict()), compile=compile)
+        return Backbone(spec, model, sha256_tensors(model.state_dict()), compile=compile, device=device)
     model = _create_model(spec)
     state = assets.load_asset(spec.asset, local_file=pretrained_file)
     if "pos_embed" in state and state["pos_embed"].shape != model.pos_embed.shape:
         state = conversions.resample_vit_pos_embed(state, tuple(model.patch_embed.grid_size))
     model.load_state_dict(state, strict=True)
     # The asset hash pins the weights; the resampling above is a fixed function of them.
-    return Backbone(spec, model, assets.get_asset(spec.asset).tensors_sha256, compile=compile)
+    return Backbone(spec, model, assets.get_asset(spec.asset).tensors_sha256, compile=compile, device=device)
 
 
 def _spec_from_timm(name: str, model: nn.Module) -> BackboneSpec:
