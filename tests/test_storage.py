@@ -87,13 +87,14 @@ def test_second_build_reuses_everything(suite):
     assert report.built == [] and len(report.reused) == 12
 
 
-def test_interrupted_build_resumes_without_redoing_written_shards(suite, monkeypatch):
+def _build_interrupted_after(suite, monkeypatch, n_writes: int) -> None:
+    """Build until `n_writes` shards are written, then stop as Ctrl-C would."""
     real_write = storage._write_shard
     calls = {"n": 0}
 
     def failing_write(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 10:
+        if calls["n"] > n_writes:
             raise KeyboardInterrupt
         real_write(*args, **kwargs)
 
@@ -101,6 +102,11 @@ def test_interrupted_build_resumes_without_redoing_written_shards(suite, monkeyp
     with pytest.raises(KeyboardInterrupt):
         _build(suite)
     monkeypatch.setattr(storage, "_write_shard", real_write)
+
+
+def test_interrupted_build_resumes_without_redoing_written_shards(suite, monkeypatch):
+    _build_interrupted_after(suite, monkeypatch, 10)
+    real_write = storage._write_shard
     counted = {"n": 0}
 
     def counting_write(*args, **kwargs):
@@ -124,25 +130,13 @@ def test_splits_saved_before_an_interruption_are_saved_again_on_resume(suite, mo
     # TINY_CNN's 8 datasets are written first, chunk by chunk: after the 16th write every train
     # shard is there, so its train splits are saved into their staging folders when the build
     # stops at the 19th, in its test chunk.
-    real_write = storage._write_shard
-    calls = {"n": 0}
-
-    def failing_write(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 18:
-            raise KeyboardInterrupt
-        real_write(*args, **kwargs)
-
-    monkeypatch.setattr(storage, "_write_shard", failing_write)
-    with pytest.raises(KeyboardInterrupt):
-        _build(suite)
+    _build_interrupted_after(suite, monkeypatch, 18)
     ref = variant_refs(suite, TINY_CNN, "blocks.3")["rot90"]
     staged = sorted(ref.path.parent.glob(f"{ref.path.name}.tmp/train/*.arrow"))
     assert staged and not ref.path.exists()
     staged[0].write_bytes(b"left by a build that was killed while saving")
     (staged[0].parent / "data-00001-of-00002.arrow").write_bytes(b"a stray file of another layout")
 
-    monkeypatch.setattr(storage, "_write_shard", real_write)
     _, report = _build(suite)
     assert len(report.built) == 12 and not list(ref.path.parent.glob("*.tmp"))
     resumed = fb.load_task(suite, f"map/{TINY_CNN}/blocks.3/rot90")  # verified against its recorded hashes
