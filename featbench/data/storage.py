@@ -486,7 +486,7 @@ def decode_chunk(suite: Suite, source: ImageSource, bb: Backbone, chunk: Chunk) 
     split_views = _SplitViews(suite, source, bb, chunk.split)
     pixels, ids, view_ix, labels = [], [], [], []
     # Decoding and resizing release the GIL: two at a time shorten the wait for a build's first batch.
-    with ThreadPoolExecutor(_DECODERS, "featbench-decode") as pool:
+    with ThreadPoolExecutor(_DECODERS, "featbench-decode-image") as pool:
         cuts = pool.map(lambda rec: split_views.cut(source.open(rec), rec.image_id), chunk.records)
     for rec, rec_views in zip(chunk.records, cuts):
         for v, px in enumerate(rec_views):
@@ -559,7 +559,7 @@ def _build_backbone(suite: Suite, source: ImageSource, bb: Backbone, refs: dict[
     bar.close()
 
 
-_ASSEMBLERS = _DECODERS = 2
+_ASSEMBLERS = _DECODERS = 2  # threads that save datasets, and that decode a chunk's images
 _BATCHES_AHEAD = 4  # input batches made ahead: enough to cover the decoding at a chunk's start
 _CHUNK_END = object()
 
