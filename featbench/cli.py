@@ -122,7 +122,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
         out = args.out or result_path(args.out_dir, spec, suite.name)
         results.append(evaluate(spec, suite, args.tasks, track=args.track, out=out, seed=args.seed,
                                 n_boot=args.n_boot, time_budget_s=args.time_budget, isolation=isolation,
-                                executor=executor, require_image_scores=args.require_image_scores))
+                                executor=executor, require_image_scores=args.require_image_scores,
+                                reuse=tuple(args.reuse or ())))
         print(f"wrote {out}")
     print((invert_summary_table if invert else map_summary_table)(results))
 
@@ -347,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-image-scores", action="store_true",
                    help="fail where the suite pins an image-score inverter checkpoint that is not at hand (by "
                         "default those tasks are scored at map level, with a note saying why)")
+    p.add_argument("--reuse", action="append", metavar="RESULTS",
+                   help="a result file, or a folder of them (e.g. leaderboard/featbench-v2/results), whose records "
+                        "of the same model, seed and budget on tasks with the same task hash are copied instead of "
+                        "fitted again, noted 'reused from'; repeatable")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("train-inverter", help="train an inverter preset on one backbone and layer, with "

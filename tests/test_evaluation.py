@@ -21,7 +21,7 @@ from featbench.scoring.runner import RunConfig
 NO_ISOLATION = Isolation("none")
 from featbench.core.plugins import registered_models, resolve_model
 from featbench.core.results import read_result, validate_result
-from tests.conftest import TINY_CNN, TINY_VIT
+from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite
 
 CFG = RunConfig(seed=0, n_boot=50, time_budget_s=30, isolation=NO_ISOLATION)
 
@@ -271,6 +271,55 @@ def test_a_changed_model_never_silently_starts_its_file_over(tiny_suite, tmp_pat
         run_map_track(resolve_model("identity"), tiny_suite, tiny_suite.select(f"map/{TINY_VIT}/blocks.1/rot90"), out,
                       RunConfig(seed=1, n_boot=CFG.n_boot, time_budget_s=CFG.time_budget_s, isolation=NO_ISOLATION), progress=False)
     assert out.read_bytes() == before
+
+
+def test_a_later_suite_reuses_records_of_tasks_with_the_same_hash(tiny_suite, tmp_path, monkeypatch):
+    """A suite version that repeats an earlier one's tasks (same task hashes) takes the earlier
+    result's records of the same model, seed and budget instead of fitting again; any other
+    setting, or another model's file beside it, is fitted anew."""
+    first = tmp_path / "earlier" / "linear.json"
+    first.parent.mkdir()
+    earlier = _run(tiny_suite, resolve_model("linear"), tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/*", name="earlier/linear.json")
+    _run(tiny_suite, resolve_model("identity"), tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/*", name="earlier/identity.json")
+    later = make_tiny_suite(tmp_path / "later", n_images=8, name="tiny-test-v2", manipulations=["rot90", "noise40", "hflip"])
+    fb.build_suite(later, batch_size=8, progress=False)
+    tasks = later.select(f"map/{TINY_CNN}/blocks.1/*")
+    fitted = []
+    real = map_track.evaluate_map_task
+
+    def counting(*args, **kwargs):
+        fitted.append(args[2].id)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(map_track, "evaluate_map_task", counting)
+    cfg = RunConfig(seed=0, n_boot=CFG.n_boot, time_budget_s=CFG.time_budget_s, isolation=NO_ISOLATION,
+                    reuse=(first.parent,))
+    result = run_map_track(resolve_model("linear"), later, tasks, tmp_path / "later.json", cfg, progress=False)
+    assert fitted == [f"map/{TINY_CNN}/blocks.1/hflip"]  # the one task the earlier suite lacks
+    before = {t["task_id"]: t for t in earlier["tasks"]}
+    for task in result["tasks"]:
+        if task["task_id"] in before:
+            assert task["notes"][-1] == "reused from: tiny-test v1"
+            assert task | {"notes": None, "provenance": None} == before[task["task_id"]] | {"notes": None, "provenance": None}
+    assert read_result(tmp_path / "later.json")["suite"]["name"] == "tiny-test-v2"
+    fitted.clear()  # another budget is another setting: nothing is reused
+    other = RunConfig(seed=0, n_boot=CFG.n_boot, time_budget_s=CFG.time_budget_s + 1, isolation=NO_ISOLATION,
+                      reuse=(first,))
+    run_map_track(resolve_model("linear"), later, tasks, tmp_path / "other-budget.json", other, progress=False)
+    assert sorted(fitted) == sorted(t.id for t in tasks)
+
+
+def test_a_reused_result_file_that_does_not_validate_is_an_error(tiny_suite, tmp_path):
+    source = tmp_path / "linear.json"
+    _run(tiny_suite, resolve_model("linear"), tmp_path, tasks=f"map/{TINY_CNN}/blocks.1/rot90", name="linear.json")
+    data = json.loads(source.read_text())
+    data["tasks"][0]["metrics"]["r2"]["value"] = 0.99
+    source.write_text(json.dumps(data))
+    cfg = RunConfig(seed=0, n_boot=CFG.n_boot, time_budget_s=CFG.time_budget_s, isolation=NO_ISOLATION, reuse=(source,))
+    with pytest.raises(fb.FeatbenchError, match="record_sha256"):
+        run_map_track(resolve_model("linear"), tiny_suite, tiny_suite.select(f"map/{TINY_CNN}/blocks.1/rot90"),
+                      tmp_path / "again.json", cfg, progress=False)
+    assert not (tmp_path / "again.json").exists()
 
 
 def test_cli_validate_refuses_a_tampered_file(tiny_suite, tmp_path, capsys):

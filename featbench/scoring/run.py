@@ -58,7 +58,8 @@ def evaluate(model: Any, suite: Suite | str, tasks: str | None = None, *, track:
              out: str | Path | None = None, out_dir: str | Path = "results", seed: int = 0, n_boot: int = 1000,
              time_budget_s: float | None = None, progress: bool = True,
              isolation: str | Isolation = "auto", executor: str | Executor = "local",
-             ray_address: str | None = None, require_image_scores: bool = False) -> dict[str, Any]:
+             ray_address: str | None = None, require_image_scores: bool = False,
+             reuse: tuple[str | Path, ...] = ()) -> dict[str, Any]:
     """Fit and score `model` on the `track` tasks of `suite` that match `tasks` (a glob such as
     ``map/*/blocks.6/*``, or a substring; all by default), writing the result file after every task.
     `time_budget_s` caps each fit (default: `featbench.scoring.runner.fit_budget`). `isolation`:
@@ -68,7 +69,9 @@ def evaluate(model: Any, suite: Suite | str, tasks: str | None = None, *, track:
     `ray_address`) or an `featbench.scoring.executors` executor such as ``RayExecutor(address,
     cpus_per_task=4)``. `require_image_scores`: a map task whose pinned image-score checkpoint is
     not at hand fails the run (by default it is scored at map level, with a note saying why;
-    `featbench.scoring.image_scores`)."""
+    `featbench.scoring.image_scores`). `reuse`: earlier result files (or folders of them) whose
+    records of the same model on tasks with the same hash are copied rather than fitted again
+    (`featbench.scoring.runner.reuse_pool`)."""
     if track not in ("map", "invert"):
         raise FeatbenchError(f"unknown track {track!r}; choose map or invert")
     if isinstance(executor, str):
@@ -80,7 +83,7 @@ def evaluate(model: Any, suite: Suite | str, tasks: str | None = None, *, track:
     cfg = RunConfig(seed=seed, n_boot=n_boot,
                     time_budget_s=fit_budget(factory, time_budget_s, suite.run_defaults.get("time_budget_s")),
                     isolation=isolation if isinstance(isolation, Isolation) else Isolation(isolation),
-                    require_image_scores=require_image_scores)
+                    require_image_scores=require_image_scores, reuse=tuple(reuse))
     if out is None:
         probe = None if isinstance(model, str) else factory()
         name = model if probe is None else getattr(probe, "name", type(probe).__name__)

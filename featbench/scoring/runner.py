@@ -42,6 +42,9 @@ class RunConfig:
     # A map task whose pinned image-score checkpoint is not at hand: an error (True), or scored at
     # map level with a note (False; featbench.scoring.image_scores).
     require_image_scores: bool = False
+    # Result files of earlier runs (or folders of them) whose records of the same model on the same
+    # task data are copied instead of fitted again (`reuse_pool`).
+    reuse: tuple[str | Path, ...] = ()
 
 
 def fit_budget(factory: Any, requested: float | None, suite_default: float | None) -> float | None:
@@ -143,6 +146,29 @@ def model_identity(factory: Callable[[], Any]) -> dict[str, Any]:
     return identity
 
 
+def reuse_pool(paths: tuple[str | Path, ...], track: str, model: dict[str, Any],
+               seed: int) -> dict[tuple[str, str], tuple[TaskRecord, str]]:
+    """The scored records of earlier result files (`paths`: files, or folders of ``*.json`` files)
+    that a run of `model` may copy instead of fitting: those of files with the same track, seed and
+    model (name, version, source sha256), keyed by (task id, task sha256), each with the suite it
+    was scored in. Files of other models are passed over; a file that does not validate is a
+    `ResultError`. Task hashes cover a task's data, so one suite version's record stands for
+    another's task with the same hash (featbench-v2 repeats featbench-v1's efficientnet_lite0 tasks)."""
+    pool: dict[tuple[str, str], tuple[TaskRecord, str]] = {}
+    files = [f for p in map(Path, paths) for f in (sorted(p.glob("*.json")) if p.is_dir() else [p])]
+    identity = (track, seed, model["name"], model["version"], model["source_sha256"])
+    for path in files:
+        prev = read_result(path)
+        if (prev["track"], prev["seed"], prev["model"]["name"], prev["model"]["version"],
+                prev["model"]["source_sha256"]) != identity:
+            continue
+        where = f"{prev['suite']['name']} v{prev['suite']['version']}"
+        for task in prev["tasks"]:
+            if task["status"] == "ok":
+                pool[(task["task_id"], task["task_sha256"])] = (TaskRecord.from_dict(task), where)
+    return pool
+
+
 def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], TaskRecord], suite: Suite,
               tasks: list[Task], out: str | Path, cfg: RunConfig, progress: bool = True,
               device: str | None = None, reusable: Callable[[Task, TaskRecord], bool] | None = None,
@@ -154,7 +180,9 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], Task
     and its records of tasks outside `tasks` are carried over as they are (a run of some tasks adds
     to the file; it never drops the others). The file lists tasks in the suite's order.
     `reusable(task, record)`, if given, must also accept a kept record (else the task is scored
-    again). `device` is the one recorded (default: the first CUDA device when there is one).
+    again). A task still to score whose record `reuse_pool` finds in ``cfg.reuse`` (scored with the
+    same task version and time budget, and accepted by `reusable`) is copied, noted ``reused from``.
+    `device` is the one recorded (default: the first CUDA device when there is one).
     `executor` runs the `evaluate` calls (default: here, one after another; `executors.RayExecutor`
     fans them out over a cluster); the file is rewritten as each record comes back.
     """
@@ -195,13 +223,27 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], Task
         record["tasks"] = sorted([t for t in record["tasks"] if t.task_id != result.task_id] + [result],
                                  key=lambda t: order.get(t.task_id, len(order)))
 
-    todo = []
+    pool = reuse_pool(cfg.reuse, track, model, cfg.seed)
+    pooled = {task_id for task_id, _ in pool}
+    todo, reused = [], 0
     for task in tasks:
-        if task.id in done and done[task.id].task_sha256 == load_task(suite, task).content_sha256 \
-                and (reusable is None or reusable(task, done[task.id])):
+        if task.id not in done and task.id not in pooled:
+            todo.append(task)
+            continue
+        sha = load_task(suite, task).content_sha256
+        if task.id in done and done[task.id].task_sha256 == sha and (reusable is None or reusable(task, done[task.id])):
             add(done[task.id])  # scored before, on the same data
+            continue
+        earlier, where = pool.get((task.id, sha), (None, None))
+        if earlier is not None and earlier.task_version == task.version and earlier.time_budget_s == cfg.time_budget_s \
+                and (reusable is None or reusable(task, earlier)):
+            earlier.record("reused from", where)
+            add(earlier)
+            reused += 1
         else:
             todo.append(task)
+    if reused and progress:
+        tqdm.write(f"{model['name']}: {reused} task record(s) reused from earlier results (same task hashes)")
 
     def lost(task: Task, reason: str) -> TaskRecord:
         failed = new_task_record(task, load_task(suite, task), cfg)
