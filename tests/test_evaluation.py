@@ -215,6 +215,21 @@ def test_interrupted_run_resumes_from_scored_tasks(tiny_suite, tmp_path, monkeyp
     assert set(resumed_calls) == {t.id for t in tasks} - set(calls)
 
 
+def test_a_resumed_run_with_another_budget_fits_again(tiny_suite, tmp_path, monkeypatch):
+    """A record is kept only for a run with its time budget: a longer budget is another result."""
+    out = tmp_path / "linear.json"
+    tasks = tiny_suite.select(f"map/{TINY_CNN}/blocks.1/rot90")
+    run_map_track(resolve_model("linear"), tiny_suite, tasks, out, CFG, progress=False)
+    fitted = []
+    real = map_track.evaluate_map_task
+    monkeypatch.setattr(map_track, "evaluate_map_task", lambda *a, **k: fitted.append(a[2].id) or real(*a, **k))
+    run_map_track(resolve_model("linear"), tiny_suite, tasks, out, CFG, progress=False)
+    assert fitted == []
+    longer = RunConfig(seed=0, n_boot=CFG.n_boot, time_budget_s=CFG.time_budget_s * 2, isolation=NO_ISOLATION)
+    result = run_map_track(resolve_model("linear"), tiny_suite, tasks, out, longer, progress=False)
+    assert fitted == [tasks[0].id] and result["tasks"][0]["time_budget_s"] == CFG.time_budget_s * 2
+
+
 def test_a_run_of_some_tasks_keeps_the_files_other_tasks(tiny_suite, tmp_path):
     """Scoring a suite one backbone at a time builds up one file; no run drops earlier tasks."""
     out = tmp_path / "identity.json"

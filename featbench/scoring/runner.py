@@ -176,12 +176,13 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], Task
     """Score `tasks` with `evaluate`, rewriting the result file `out` after each.
 
     A file left by an interrupted run of the same track, model (name, version and source), suite
-    version and seed is resumed: its scored tasks are kept where the task data are still the same,
+    version and seed is resumed: its scored tasks are kept where the task data and the time budget
+    are still the same,
     and its records of tasks outside `tasks` are carried over as they are (a run of some tasks adds
     to the file; it never drops the others). The file lists tasks in the suite's order.
     `reusable(task, record)`, if given, must also accept a kept record (else the task is scored
-    again). A task still to score whose record `reuse_pool` finds in ``cfg.reuse`` (scored with the
-    same task version and time budget, and accepted by `reusable`) is copied, noted ``reused from``.
+    again). A task still to score whose record `reuse_pool` finds in ``cfg.reuse`` (kept on the
+    same terms) is copied, noted ``reused from``.
     `device` is the one recorded (default: the first CUDA device when there is one).
     `executor` runs the `evaluate` calls (default: here, one after another; `executors.RayExecutor`
     fans them out over a cluster); the file is rewritten as each record comes back.
@@ -231,12 +232,16 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], Task
             todo.append(task)
             continue
         sha = load_task(suite, task).content_sha256
-        if task.id in done and done[task.id].task_sha256 == sha and (reusable is None or reusable(task, done[task.id])):
-            add(done[task.id])  # scored before, on the same data
+
+        def current(rec: TaskRecord | None) -> bool:  # scored on the same data, version and budget, as this run scores
+            return rec is not None and rec.task_sha256 == sha and rec.task_version == task.version \
+                and rec.time_budget_s == cfg.time_budget_s and (reusable is None or reusable(task, rec))
+
+        if current(done.get(task.id)):
+            add(done[task.id])  # scored before
             continue
         earlier, where = pool.get((task.id, sha), (None, None))
-        if earlier is not None and earlier.task_version == task.version and earlier.time_budget_s == cfg.time_budget_s \
-                and (reusable is None or reusable(task, earlier)):
+        if current(earlier):
             earlier.record("reused from", where)
             add(earlier)
             reused += 1
