@@ -196,13 +196,13 @@ def _table(table_id: str, headers: list[str], rows: list[list[str]]) -> str:
 
 def _main_table(track: str, summary: dict[str, Any]) -> str:
     metrics, categories = summary["metrics"], summary["categories"]
-    headers = ["model", "tasks ok", "mean rank [95 %]"] + [f"{c} {m}" for c in categories for m in metrics]
+    headers = ["model", "version", "tasks ok", "mean rank [95 %]"] + [f"{c} {m}" for c in categories for m in metrics]
     headers += ["params", "fit s / task", "predict maps / s"]
     rows = []
     for e in summary["models"]:
         r = e["mean_rank"]
         rank = "-" if r["value"] is None else f"{r['value']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
-        row = [_cell(e["model"]), _cell(fmt_tasks(e), e["tasks_ok"], True),
+        row = [_cell(e["model"]), _cell(e["version"]), _cell(fmt_tasks(e), e["tasks_ok"], True),
                _cell(rank, r["value"], True)]
         row += [_cell(fmt_score(e["categories"][c][m]), e["categories"][c][m]["value"], True)
                 for c in categories for m in metrics]

@@ -192,14 +192,14 @@ def fmt_count(n: int | None) -> str:
 def main_table(summary: dict[str, Any], sort: str | None = None) -> tuple[list[str], list[list[Any]]]:
     """Header and rows of a track's model table (cells as strings)."""
     metrics, categories = summary["metrics"], summary["categories"]
-    headers = ["model", "tasks ok", "mean rank [95 % interval]"]
+    headers = ["model", "version", "tasks ok", "mean rank [95 % interval]"]
     headers += [f"{c} {m}" for c in categories for m in metrics]
     headers += ["params", "fit s / task", "predict maps / s"]
     rows = []
     for e in sort_models(summary, sort):
         r = e["mean_rank"]
         rank = "-" if r["value"] is None else f"{r['value']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
-        row = [e["model"], fmt_tasks(e), rank]
+        row = [e["model"], e["version"], fmt_tasks(e), rank]
         row += [fmt_score(e["categories"][c][m]) for c in categories for m in metrics]
         row += [fmt_count(e["n_params"]), fmt(e["fit_s_mean"], 2), fmt(e["predict_per_s_mean"], 0)]
         rows.append(row)
@@ -209,12 +209,12 @@ def main_table(summary: dict[str, Any], sort: str | None = None) -> tuple[list[s
 def overall_table(summary: dict[str, Any], sort: str | None = None) -> tuple[list[str], list[list[Any]]]:
     """The narrow form of `main_table`: each headline score's mean over all of a model's tasks."""
     metrics = summary["metrics"]
-    headers = ["model", "tasks ok", "mean rank [95 %]", *metrics, "params", "fit s / task", "predict maps / s"]
+    headers = ["model", "version", "tasks ok", "mean rank [95 %]", *metrics, "params", "fit s / task", "predict maps / s"]
     rows = []
     for e in sort_models(summary, sort):
         r = e["mean_rank"]
         rank = "-" if r["value"] is None else f"{r['value']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
-        rows.append([e["model"], fmt_tasks(e), rank,
+        rows.append([e["model"], e["version"], fmt_tasks(e), rank,
                      *(fmt_score(e["overall"][m]) for m in metrics),
                      fmt_count(e["n_params"]), fmt(e["fit_s_mean"], 2), fmt(e["predict_per_s_mean"], 0)])
     return headers, rows
