@@ -224,6 +224,11 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], Task
         record["tasks"] = sorted([t for t in record["tasks"] if t.task_id != result.task_id] + [result],
                                  key=lambda t: order.get(t.task_id, len(order)))
 
+    def current(task: Task, sha: str, rec: TaskRecord | None) -> bool:
+        """Whether `rec` scored `task` on the same data, version and budget, as this run scores."""
+        return rec is not None and rec.task_sha256 == sha and rec.task_version == task.version \
+            and rec.time_budget_s == cfg.time_budget_s and (reusable is None or reusable(task, rec))
+
     pool = reuse_pool(cfg.reuse, track, model, cfg.seed)
     pooled = {task_id for task_id, _ in pool}
     todo, reused = [], 0
@@ -232,16 +237,11 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], Task
             todo.append(task)
             continue
         sha = load_task(suite, task).content_sha256
-
-        def current(rec: TaskRecord | None) -> bool:  # scored on the same data, version and budget, as this run scores
-            return rec is not None and rec.task_sha256 == sha and rec.task_version == task.version \
-                and rec.time_budget_s == cfg.time_budget_s and (reusable is None or reusable(task, rec))
-
-        if current(done.get(task.id)):
+        if current(task, sha, done.get(task.id)):
             add(done[task.id])  # scored before
             continue
         earlier, where = pool.get((task.id, sha), (None, None))
-        if current(earlier):
+        if current(task, sha, earlier):
             earlier.record("reused from", where)
             add(earlier)
             reused += 1
