@@ -74,6 +74,8 @@ def _cmd_backbones(args: argparse.Namespace) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> None:
+    from featbench.board.hashes import HASHES_FILE, TaskHashes
+    from featbench.board.leaderboard import default_root
     from featbench.data.storage import build_suite
     from featbench.data.suites import load_suite
 
@@ -83,6 +85,12 @@ def _cmd_build(args: argparse.Namespace) -> None:
     if not report.ranks.is_main:  # under torchrun: rank 0 speaks for all
         return
     print(report.summary())
+    ledger = default_root(built.name) / HASHES_FILE
+    if ledger.is_file():
+        line = TaskHashes.read(built, ledger).agreement(
+            [t for t in built.tasks if not args.backbone or t.backbone in args.backbone])
+        if line:
+            print(line)
     if built.name != suite.name:
         print(f"note: built the custom suite {built.name} (images differ from {suite.name}'s pinned manifest); "
               f"score it with `featbench run --suite {built.name}` (its file: {built.path})")

@@ -132,3 +132,29 @@ def test_the_process_exits_nonzero_with_a_message_not_a_traceback(tmp_path):
                               env=env, cwd=tmp_path, timeout=300)
         assert done.returncode == 2, (argv, done.stderr)
         assert says in done.stderr and "Traceback" not in done.stderr, (argv, done.stderr)
+
+
+def test_build_says_whether_its_data_match_the_leaderboards_task_hashes(private_cache, tmp_path, capsys, monkeypatch):
+    """Data that hash differently from the board's ledger (another machine's kernels) make results
+    that the board leaves out: the build says so at once, not the leaderboard later."""
+    from featbench.board import leaderboard
+    from featbench.board.hashes import TaskHashes
+
+    suite = _suite(tmp_path)
+    build = ["build", "--suite", str(suite.path), "--batch-size", "8", "--no-compile"]
+    monkeypatch.setattr(leaderboard, "default_root", lambda name: tmp_path / "lb" / name)
+    assert main(build) == 0
+    assert "task hashes" not in capsys.readouterr().out  # no ledger: nothing to compare
+    ledger = TaskHashes(suite)
+    ledger.fill(suite.tasks, {}, use_built_data=True)
+    path = tmp_path / "lb" / suite.name / "task_hashes.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(ledger.to_json())
+    assert main(build) == 0
+    assert "task hashes: all 2 built tasks match the leaderboard's task_hashes.json" in capsys.readouterr().out
+    ledger.entries[TASK]["sha256"] = "0" * 64  # as written from another machine's data
+    path.write_text(ledger.to_json())
+    assert main(build) == 0
+    out = capsys.readouterr().out
+    assert f"task hashes: 1 of 2 built tasks differ from the leaderboard's task_hashes.json (e.g. {TASK}:" in out
+    assert "000000000000 there" in out and "left out of that leaderboard" in out

@@ -114,6 +114,24 @@ class TaskHashes:
             elif len(seen) > 1:
                 self.conflicts[task.id] = seen
 
+    def agreement(self, tasks: Iterable[Task]) -> str | None:
+        """Whether the data built on this machine for `tasks` hash as this ledger says, in a line
+        for `featbench build` to print; None where no built task has an entry. Where they differ,
+        results scored on these data are left out of the suite's board."""
+        built = {t.id: built_task_sha256(self.suite, t) for t in tasks if t.id in self.entries}
+        built = {tid: sha for tid, sha in built.items() if sha is not None}
+        if not built:
+            return None
+        differ = sorted(tid for tid, sha in built.items() if sha != self.entries[tid]["sha256"])
+        if not differ:
+            return f"task hashes: all {len(built)} built tasks match the leaderboard's {HASHES_FILE}"
+        first = differ[0]
+        return (f"task hashes: {len(differ)} of {len(built)} built tasks differ from the leaderboard's {HASHES_FILE} "
+                f"(e.g. {first}: {built[first][:12]} here, {self.entries[first]['sha256'][:12]} there); results "
+                "scored on these data are left out of that leaderboard. The stored features depend on the "
+                "machine that extracts them: score on the suite's published data (README, \"Task hashes can "
+                "depend on the machine\")")
+
     def to_json(self) -> str:
         obj = {
             "suite": self.suite.name, "version": self.suite.version, "spec_sha256": self.suite.spec_sha256(),
