@@ -177,13 +177,11 @@ def run_tasks(track: str, model: dict[str, Any], evaluate: Callable[[Task], Task
 
     A file left by an interrupted run of the same track, model (name, version and source), suite
     version and seed is resumed: its scored tasks are kept where the task data and the time budget
-    are still the same,
-    and its records of tasks outside `tasks` are carried over as they are (a run of some tasks adds
-    to the file; it never drops the others). The file lists tasks in the suite's order.
-    `reusable(task, record)`, if given, must also accept a kept record (else the task is scored
-    again). A task still to score whose record `reuse_pool` finds in ``cfg.reuse`` (kept on the
-    same terms) is copied, noted ``reused from``.
-    `device` is the one recorded (default: the first CUDA device when there is one).
+    are still the same, and its records of tasks outside `tasks` are carried over as they are (a
+    run of some tasks adds to the file; it never drops the others). The file lists tasks in the
+    suite's order. `reusable(task, record)`, if given, must also accept a kept record (else the
+    task is scored again). A task still to score whose record `reuse_pool` finds in ``cfg.reuse``
+    (kept on the same terms) is copied, noted ``reused from``. `device` is the one recorded (default: the first CUDA device when there is one).
     `executor` runs the `evaluate` calls (default: here, one after another; `executors.RayExecutor`
     fans them out over a cluster); the file is rewritten as each record comes back.
     """
