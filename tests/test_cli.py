@@ -158,3 +158,11 @@ def test_build_says_whether_its_data_match_the_leaderboards_task_hashes(private_
     out = capsys.readouterr().out
     assert f"task hashes: 1 of 2 built tasks differ from the leaderboard's task_hashes.json (e.g. {TASK}:" in out
     assert "000000000000 there" in out and "left out of that leaderboard" in out
+
+
+def test_run_names_a_missing_reuse_file_before_it_fits(scored, tmp_path, capsys):
+    suite_file, _ = scored
+    assert main(["run", "--suite", str(suite_file), "--model", "identity", "--reuse", str(tmp_path / "gone.json"),
+                 "--out", str(tmp_path / "out.json"), "--no-isolation"]) == 2
+    assert f"--reuse: no such result file or folder: {tmp_path / 'gone.json'}" in capsys.readouterr().err
+    assert not (tmp_path / "out.json").exists()

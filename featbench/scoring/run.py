@@ -74,6 +74,9 @@ def evaluate(model: Any, suite: Suite | str, tasks: str | None = None, *, track:
     (`featbench.scoring.runner.reuse_pool`)."""
     if track not in ("map", "invert"):
         raise FeatbenchError(f"unknown track {track!r}; choose map or invert")
+    missing = [str(path) for path in reuse if not Path(path).exists()]
+    if missing:  # before any build or fit
+        raise FeatbenchError(f"--reuse: no such result file or folder: {', '.join(missing)}")
     if isinstance(executor, str):
         executor = make_executor(executor, ray_address)
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
