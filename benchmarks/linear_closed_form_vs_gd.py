@@ -17,13 +17,13 @@ from torch import nn
 
 import featbench as fb
 from baselines.linear import Linear
-from baselines.neural import _Trained
+from baselines.training import FeatbenchRecipe
 from featbench.scoring import metrics
 from featbench.scoring.map_track import map_data, task_info
 from featbench.scoring.runner import RunConfig
 
 
-class LinearGD(_Trained):
+class LinearGD(FeatbenchRecipe):
     """The same affine per-position map, trained by gradient descent."""
 
     name = "linear-gd"

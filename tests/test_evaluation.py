@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import sys
 import textwrap
 from pathlib import Path
 
@@ -16,13 +18,12 @@ from featbench.scoring import map_track, runner, submission
 from featbench.scoring.map_track import run_map_track
 from featbench.scoring.isolation import Isolation
 from featbench.scoring.runner import RunConfig
-
-# These tests are about evaluation, in-process; tests/test_isolation.py scores isolated.
-NO_ISOLATION = Isolation("none")
-from featbench.core.plugins import registered_models, resolve_model
+from featbench.core.plugins import local_modules, registered_models, resolve_model, source_sha256
 from featbench.core.results import read_result, validate_result
 from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite
 
+# These tests are about evaluation, in-process; tests/test_isolation.py scores isolated.
+NO_ISOLATION = Isolation("none")
 CFG = RunConfig(seed=0, n_boot=50, time_budget_s=30, isolation=NO_ISOLATION)
 
 
@@ -73,6 +74,66 @@ def test_entry_point_of_another_package(monkeypatch):
 
     monkeypatch.setattr(md, "entry_points", fake)
     assert resolve_model("plugin-linear") is Linear
+
+
+# -- a model's identity ---------------------------------------------------------------------------
+
+def _module_names(factory) -> list[str]:
+    return [m.__name__ for m in local_modules(sys.modules[factory.__module__])]
+
+
+def test_a_models_identity_covers_the_modules_of_its_own_code_it_imports(tmp_path, monkeypatch):
+    """A model's source_sha256 changes with an edit to a module of its own package that it imports
+    (directly or through another), as with an edit to its own module; featbench and third-party
+    imports are not part of it, and a module importing none of its own code hashes as its text."""
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "scales.py").write_text("SCALE = 1.0\n")
+    (pkg / "helpers.py").write_text("from .scales import SCALE\n")
+    (pkg / "alone.py").write_text(textwrap.dedent("""
+        import torch
+        import featbench as fb
+
+        class Alone(fb.Mapper):
+            name, version = "alone", "1"
+    """))
+    (pkg / "model.py").write_text("from mypkg import helpers\nfrom mypkg.alone import Alone\n\n\nclass Model(Alone):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    alone, model = resolve_model("mypkg.alone:Alone"), resolve_model("mypkg.model:Model")
+    assert source_sha256(alone) == hashlib.sha256((pkg / "alone.py").read_text().encode()).hexdigest()
+    assert _module_names(model) == ["mypkg.alone", "mypkg.helpers", "mypkg.model", "mypkg.scales"]
+    before = source_sha256(model)
+    (pkg / "scales.py").write_text("SCALE = 2.0  # an edit two imports away\n")
+    assert source_sha256(model) != before
+    assert source_sha256(alone) == hashlib.sha256((pkg / "alone.py").read_text().encode()).hexdigest()
+
+
+def test_a_model_file_s_identity_covers_the_files_it_imports_from_its_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "submission"
+    folder.mkdir()
+    (folder / "my_layers.py").write_text("WIDTH = 8\n")
+    (folder / "my_model.py").write_text(textwrap.dedent("""
+        import featbench as fb
+        import my_layers
+
+        class Mine(fb.Mapper):
+            name, version = "mine", "1"
+    """))
+    monkeypatch.syspath_prepend(str(folder))
+    factory = resolve_model(f"{folder / 'my_model.py'}:Mine")
+    assert set(_module_names(factory)) == {factory.__module__, "my_layers"}
+    before = source_sha256(factory)
+    (folder / "my_layers.py").write_text("WIDTH = 16  # wider\n")
+    assert source_sha256(factory) != before
+
+
+def test_the_trained_references_identity_covers_their_recipe_and_the_linear_start():
+    """An edit to the shared training recipe or to the closed-form linear map they start from is a
+    change of mlp, cnn and transformer, recorded in their source_sha256."""
+    for name, own in (("mlp", "baselines.mlp"), ("cnn", "baselines.cnn"), ("transformer", "baselines.transformer")):
+        assert _module_names(resolve_model(name)) == sorted([own, "baselines.linear", "baselines.training"])
+    assert _module_names(resolve_model("linear")) == ["baselines.linear"]
 
 
 # -- scoring ------------------------------------------------------------------------------------
@@ -368,7 +429,7 @@ def test_trained_baselines_start_no_step_that_would_overrun_the_budget(tiny_suit
     """Each step takes 0.4 s: within a 2 s budget the MLP must stop by itself, not be interrupted."""
     import time as _time
 
-    from baselines.neural import MLPMapper
+    from baselines.mlp import MLPMapper
 
     class SlowSteps(MLPMapper):
         name = "slow-steps"

@@ -1,4 +1,4 @@
-"""The gradient-trained reference mappers (baselines.neural): their start, recipes, seeds, budgets."""
+"""The gradient-trained reference mappers (baselines.mlp, .cnn, .transformer, .training): their start, recipes, seeds, budgets."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import featbench as fb
-from baselines import neural
+from baselines import cnn, mlp, training, transformer
 from baselines.linear import Linear
 from featbench.scoring.runner import fit_budget
 
 C, H, W = 6, 4, 4
-TRAINED = [neural.MLPMapper, neural.CNNMapper, neural.TransformerMapper, neural.TransformerNoPosMapper]
-FEATMAP = [neural.MLPFeatMapMapper, neural.CNNFeatMapMapper, neural.TransformerFeatMapMapper]
+TRAINED = [mlp.MLPMapper, cnn.CNNMapper, transformer.TransformerMapper, transformer.TransformerNoPosMapper]
+FEATMAP = [mlp.MLPFeatMapMapper, cnn.CNNFeatMapMapper, transformer.TransformerFeatMapMapper]
 
 
 def _data(n: int = 24, budget: float | None = None, prefix: bool = False, seed: int = 0) -> fb.MapData:
@@ -36,7 +36,7 @@ def _maps(pred):
 @pytest.mark.parametrize("cls", TRAINED)
 @pytest.mark.parametrize("prefix", [False, True])
 def test_residual_starts_exactly_at_the_linear_prediction(cls, prefix):
-    if prefix and cls is neural.CNNMapper:
+    if prefix and cls is cnn.CNNMapper:
         pytest.skip("the CNN maps the grid only")
     train = _data(prefix=prefix)
     m = cls()
@@ -67,11 +67,11 @@ def test_featmap_variants_use_featmaps_hyperparameters(cls):
     opt_lr = m.lr  # the loss is FeatMap's: 0.3·MSE + 0.7·(1 − median cosine)
     p, t = torch.randn(2, 5, C), torch.randn(2, 5, C)
     cos = torch.nn.functional.cosine_similarity(p, t, dim=2).median(dim=1).values.mean()
-    torch.testing.assert_close(neural.recipe_loss(p, t), 0.3 * ((p - t) ** 2).mean() + 0.7 * (1 - cos))
+    torch.testing.assert_close(training.recipe_loss(p, t), 0.3 * ((p - t) ** 2).mean() + 0.7 * (1 - cos))
     assert opt_lr == 1e-4 and m.describe()["epochs"] == 2
 
 
-@pytest.mark.parametrize("cls", [neural.MLPMapper, neural.TransformerMapper, neural.MLPFeatMapMapper])
+@pytest.mark.parametrize("cls", [mlp.MLPMapper, transformer.TransformerMapper, mlp.MLPFeatMapMapper])
 def test_training_is_deterministic_under_a_seed(cls):
     preds = []
     for _ in range(2):
@@ -128,14 +128,14 @@ def test_a_slow_start_does_not_cut_the_schedule_short():
     # Steps 2-10 slowed to 0.1 s, as by another job at the start: version 3 sized its schedule from
     # them (about 65 steps in this budget) and left the rest of the budget unused. On progress, the
     # schedule runs on at the real pace and reaches its step count.
-    m = _slowed(neural.MLPMapper(), range(1, 10), 0.1)
+    m = _slowed(mlp.MLPMapper(), range(1, 10), 0.1)
     m.max_steps, m.batch_rows, m.patience = 400, 64, 10 ** 6  # the schedule alone ends training
     m.fit(_data(n=60, budget=10.0))
     assert (m.describe()["steps"], m.describe()["stopped_by"]) == (400, "converged")
 
 
 def test_a_schedule_the_budget_ends_is_recorded_as_a_budget_stop():
-    m = _slowed(neural.MLPMapper(), range(10 ** 6), 0.02)  # every step slow: 1.6 s hold about 80
+    m = _slowed(mlp.MLPMapper(), range(10 ** 6), 0.02)  # every step slow: 1.6 s hold about 80
     m.max_steps, m.patience = 10 ** 5, 10 ** 6
     m.fit(_data(n=60, budget=2.0))
     d = m.describe()
@@ -147,16 +147,16 @@ def test_mlp_learns_beyond_linear_on_a_nonlinear_relation():
     train, test = _data(n=60), _data(n=20, seed=1)
     lin = Linear()
     lin.fit(train)
-    m = neural.MLPMapper()
+    m = mlp.MLPMapper()
     m.fit(train)
     err = lambda p: float(((p - test.y) ** 2).mean())  # noqa: E731
     assert err(m.predict(test.x)) <= err(lin.predict(test.x))
 
 
 def test_declared_budget_applies_where_neither_user_nor_suite_sets_one():
-    assert fit_budget(neural.MLPMapper, None, None) == neural.MLPMapper.time_budget_s
-    assert fit_budget(neural.MLPMapper, 7, 20) == 7
-    assert fit_budget(neural.MLPMapper, None, 20) == 20
+    assert fit_budget(mlp.MLPMapper, None, None) == mlp.MLPMapper.time_budget_s
+    assert fit_budget(mlp.MLPMapper, 7, 20) == 7
+    assert fit_budget(mlp.MLPMapper, None, 20) == 20
     assert fit_budget(Linear, None, 20) == 20
     assert fit_budget(Linear, None, None) is None
     for cls in TRAINED + FEATMAP:
@@ -167,7 +167,7 @@ def test_transformer_recipe_sets_dropout_positional_start_and_its_lr_group():
     """featbench's transformer trains without dropout, from a 2-D sine-cosine positional embedding
     (the prefix token's stays small and random), the embedding in its own AdamW group."""
     train = _data(prefix=True)
-    m = neural.TransformerMapper()
+    m = transformer.TransformerMapper()
     m.max_steps = 0
     m.pos_lr = 3.0
     m.fit(train)
@@ -175,21 +175,21 @@ def test_transformer_recipe_sets_dropout_positional_start_and_its_lr_group():
         assert layer.self_attn.dropout == 0.0
         assert {d.p for d in (layer.dropout, layer.dropout1, layer.dropout2)} == {0.0}
     pos = m.net.pos[0]
-    assert pos.shape == (1 + H * W, neural.HIDDEN)
+    assert pos.shape == (1 + H * W, training.HIDDEN)
     assert pos[0].abs().max() < 0.1  # the class token: trunc_normal(0.02)
-    d = neural.HIDDEN // 4
+    d = training.HIDDEN // 4
     torch.testing.assert_close(pos[1:, d], torch.arange(H).repeat_interleave(W).float().cos())  # row's cos, ω = 1
     torch.testing.assert_close(pos[1:, 3 * d], torch.arange(W).repeat(H).float().cos())  # column's cos, ω = 1
     groups = m._param_groups()
     assert [g["lr_scale"] for g in groups] == [1.0, 3.0] and groups[1]["params"][0] is m.net.pos
-    featmap = neural.TransformerFeatMapMapper()
+    featmap = transformer.TransformerFeatMapMapper()
     featmap.info = train.info
     assert featmap.build(train.info).encoder.layers[0].dropout.p == 0.2  # FeatMap's recipe, untouched
 
 
 def test_transformer_runs_its_whole_schedule():
     """No early stopping for featbench's transformer: its validation improves late in the cosine decay."""
-    m = neural.TransformerMapper()
+    m = transformer.TransformerMapper()
     m.max_steps, m.n_checks = 40, 20
     m.fit(_data())
     assert (m.describe()["steps"], m.describe()["stopped_by"]) == (40, "converged")

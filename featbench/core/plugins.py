@@ -8,6 +8,7 @@ exactly as a third-party package's would be.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import importlib.metadata
@@ -15,14 +16,13 @@ import importlib.util
 import inspect
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Generic, TypeVar
 
 from featbench.core.errors import FeatbenchError, UnknownNameError
 
 MAPPERS = "featbench.mappers"
 INVERTERS = "featbench.inverters"
-# The module name of a model loaded from a file (by `load_object`): not importable elsewhere, so
-# the Ray executor sends such modules by value.
 
 T = TypeVar("T")
 
@@ -104,10 +104,61 @@ def resolve_model(spec: str, group: str = MAPPERS) -> Callable[[], Any]:
 
 
 def source_sha256(obj: Any) -> str:
-    """Hash of the source file that defines a model's class (its identity in results)."""
+    """A model's identity in results: the hash of the source that defines its class.
+
+    That is the class's module and the modules of its own code that it imports, directly or through
+    one another (`local_modules`): a change to a helper module changes the model's identity as a
+    change to its own module does. A module that imports none of its own code hashes as its source
+    alone (sha256 of the text); several hash as the sorted list of ``name sha256`` lines."""
     cls = obj if inspect.isclass(obj) else type(obj)
     try:
-        source = inspect.getsource(sys.modules[cls.__module__])
+        sources = {m.__name__: inspect.getsource(m) for m in local_modules(sys.modules[cls.__module__])}
     except (OSError, TypeError, KeyError) as exc:
         raise FeatbenchError(f"cannot read the source of {cls.__qualname__}: {exc}") from exc
-    return hashlib.sha256(source.encode()).hexdigest()
+    digests = {name: hashlib.sha256(src.encode()).hexdigest() for name, src in sources.items()}
+    if len(digests) == 1:
+        return next(iter(digests.values()))
+    return hashlib.sha256("".join(f"{n} {d}\n" for n, d in sorted(digests.items())).encode()).hexdigest()
+
+
+def local_modules(root: ModuleType) -> list[ModuleType]:
+    """`root` and the modules of its own code it imports, transitively, read from the import
+    statements of their sources: those of the same top-level package (``baselines.neural`` →
+    ``baselines.linear``) or, for a module loaded from a file, those in that file's folder. featbench
+    itself is the harness (its version is recorded apart), not part of a model."""
+    top = root.__name__.split(".")[0]
+    folder = Path(root.__file__).resolve().parent if root.__name__.startswith(USER_MODULE_PREFIX) else None
+
+    def local(module: ModuleType) -> bool:
+        if module.__name__.split(".")[0] == "featbench" and top != "featbench":
+            return False
+        if module.__name__.split(".")[0] == top:
+            return True
+        file = getattr(module, "__file__", None)
+        return folder is not None and file is not None and Path(file).resolve().parent == folder
+
+    found, todo = {root.__name__: root}, [root]
+    while todo:
+        module = todo.pop()
+        for name in _imported_names(module):
+            dep = sys.modules.get(name)
+            if isinstance(dep, ModuleType) and name not in found and local(dep):
+                found[name] = dep
+                todo.append(dep)
+    return [found[n] for n in sorted(found)]
+
+
+def _imported_names(module: ModuleType) -> list[str]:
+    """The module names an import statement of `module` names: ``import a.b`` → a.b;
+    ``from a import b`` → a.b where that is a module, else a; relative imports resolved."""
+    names = []
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = (module.__package__ or "").split(".")
+                base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
+            names += [f"{base}.{a.name}" if f"{base}.{a.name}" in sys.modules else base for a in node.names]
+    return names

@@ -1,15 +1,12 @@
-"""FeatMap's gradient-trained mappers (MLP, CNN, transformer), trained two ways.
+"""How the gradient-trained reference mappers are trained: two recipes, shared by FeatMap's
+architectures in `baselines.mlp`, `baselines.cnn` and `baselines.transformer`.
 
-Architectures (FeatMap's; C = channels): ``mlp`` per position Linear(C, 512) → ReLU →
-Dropout(0.2) → Linear(512, C); ``cnn`` Conv3×3(C, 512) → BN → ReLU → Dropout2d(0.2) →
-Conv3×3(512, C) → BN; ``transformer`` Linear(C, 512) → 4 encoder layers (8 heads, FFN 1024,
-dropout 0.2) over all positions → Linear(512, C), with a learned positional embedding
-(``transformer-nopos``: without, as FeatMap's). The MLP and the transformer act on tokens, so for
-ViTs they map the class token too; the CNN acts on the grid only (the evaluator carries the
-source's class token over).
+Each architecture module builds its network and declares its budget; the recipe is its base
+class. A model's identity in results covers this module too (`featbench.core.plugins.source_sha256`
+hashes the modules a model's module imports), so an edit here is a new version of every model.
 
-**featbench's recipe** (``mlp``, ``cnn``, ``transformer``, ``transformer-nopos``): trained to
-what the architecture can do within a declared CPU budget.
+**featbench's recipe** (`FeatbenchRecipe`: ``mlp``, ``cnn``, ``transformer``,
+``transformer-nopos``): trained to what the architecture can do within a declared CPU budget.
 
 - Inputs and targets standardised per channel (training statistics); loss: MSE on the
   standardised targets (what r2 measures, channel by channel).
@@ -20,11 +17,8 @@ what the architecture can do within a declared CPU budget.
   seen, the linear start included: early stopping can only keep what improves.
 - The per-position MLP is trained on shuffled positions (rows of all maps, batch 4096 rows),
   not on whole maps: one step sees positions of many images.
-- AdamW (lr 1e-3; the transformer 3e-4; weight decay 1e-4), linear warm-up over 5 % of the
-  steps, cosine decay to 0. The transformer trains without dropout (``dropout = 0``; its
-  architecture keeps FeatMap's 0.2 layers) and its positional embedding starts at the fixed 2-D
-  sine-cosine code of the grid (MAE's; the class token's: random, std 0.02), learned from there, in
-  its own AdamW group (``pos_lr``: 1× the others' rate, not tuned).
+- AdamW (lr 1e-3, weight decay 1e-4; the transformer's own rate: `baselines.transformer`),
+  linear warm-up over 5 % of the schedule, cosine decay to 0.
 - The schedule runs on progress, the larger of the share of ``max_steps`` done and the share of
   the budget's training time spent (``budget_use`` of the budget, less the validation checks), so
   it ends at ``max_steps`` or when the budget is used, whichever comes first, and a machine whose
@@ -53,28 +47,12 @@ EPYC with avx512_bf16, best of 3):
   tokens) would take several seconds (estimated from blocks.4's measured step and the FLOPs, not
   timed), too few steps for a budget of minutes. Batch sizes were not swept further.
 - torch.compile and channels_last: not measured in this round (left as is: off).
-- The transformer's rate (issue 17; efficientnet_lite0 blocks.6 rot90, test r2, 1 thread; linear
-  0.1195). Version 3 (lr 1e-3, dropout 0.2, random positional start, early stopping) at 300 s:
-  0.1195 (four runs, 212-290 steps, 108-159 s): it never beat the linear start on validation
-  (best_step 0). At 120 s: version 3 0.1195 (best_step 0, 90 steps); version 3 at lr 3e-4 0.1399
-  (160 steps, best at the last check, as the cosine ended): the rate was what kept it from
-  learning, and validation improves only late in the decay, so early stopping (patience 3 of 8
-  checks) would cut it off before then.
-  Taken, not measured one by one (no time in that round): lr 3e-4, no early stopping
-  (``min_fraction = 1``), no dropout, the 2-D sine-cosine positional start. Not measured: a
-  lower rate (1e-4), the positional embedding's own rate (``pos_lr``, 1×), warm-up length,
-  batch size. Version 4 at 300 s (stopped by the budget, best state at its last check each time;
-  test r2, linear in brackets): lite0 blocks.6 rot90 0.1763 (0.1195; 166 steps), blocks.4 rot90
-  0.168 (0.042; 153 steps), blocks.4 grayscale 0.897 (0.8945); dinov2 blocks.7 rot90 0.1676
-  (0.1627; 144 steps). Still improving when the budget ends: a longer budget would help.
+- The transformer's own choices (rate, dropout, positional start, schedule): `baselines.transformer`.
 
-Measured with this recipe (efficientnet_lite0 featbench-v1, test r2, 1 thread, budgets as declared):
-blocks.4 grayscale linear 0.8945 → mlp 0.9031 (74 s), cnn 0.9063 (142 s); mask_center_big_blue
-0.685 → mlp 0.714; noise40 0.500 → mlp 0.541; hflip 0.099 → mlp 0.111; rot90 0.042 → transformer
-(version 3) 0.056 (218 s, stopped by its budget). FeatMap's recipe in the same budget: mlp-featmap 0.820,
-cnn-featmap 0.207 on blocks.4 grayscale.
+What the recipe reaches, per layer and category, on featbench-v1 and featbench-v2: the README's
+findings, from the committed result files.
 
-**FeatMap's recipe** (``mlp-featmap``, ``cnn-featmap``, ``transformer-featmap``): loss
+**FeatMap's recipe** (`FeatMapRecipe`: ``mlp-featmap``, ``cnn-featmap``, ``transformer-featmap``): loss
 0.3·MSE + 0.7·(1 − median over positions of the cosine), raw (unstandardised) features, no
 residual, AdamW lr 1e-4 and weight decay 1e-4, batch 32 maps with 2 gradient-accumulation steps,
 ReduceLROnPlateau (patience 8), early stopping (patience 6, min_delta 0.001) on the 5 %
@@ -121,86 +99,16 @@ def from_tokens(tokens: torch.Tensor, shape: tuple[int, int, int], k: int):
     return maps, (t[:, :, :k] if k else None)
 
 
-class MLP(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(c, HIDDEN), nn.ReLU(), nn.Dropout(0.2), nn.Linear(HIDDEN, c))
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.net(tokens)
-
-    @property
-    def last(self) -> nn.Module:
-        return self.net[-1]
-
-
-class CNN(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(c, HIDDEN, 3, padding=1), nn.BatchNorm2d(HIDDEN), nn.ReLU(), nn.Dropout2d(0.2),
-            nn.Conv2d(HIDDEN, c, 3, padding=1), nn.BatchNorm2d(c))
-
-    def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        return self.net(maps)
-
-    @property
-    def last(self) -> nn.Module:
-        return self.net[-1]
-
-
-class Transformer(nn.Module):
-    def __init__(self, c: int, n_tokens: int, positional: bool):
-        super().__init__()
-        self.inp = nn.Linear(c, HIDDEN)
-        layer = nn.TransformerEncoderLayer(HIDDEN, nhead=8, dim_feedforward=1024, dropout=0.2, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, num_layers=4, enable_nested_tensor=False)
-        self.out = nn.Linear(HIDDEN, c)
-        # FeatMap's has no positional embedding; without one the encoder cannot tell positions apart.
-        self.pos = nn.Parameter(torch.zeros(1, n_tokens, HIDDEN)) if positional else None
-        if self.pos is not None:
-            nn.init.trunc_normal_(self.pos, std=0.02)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        z = self.inp(tokens)
-        if self.pos is not None:
-            z = z + self.pos
-        return self.out(self.encoder(z))
-
-    @property
-    def last(self) -> nn.Module:
-        return self.out
-
-    def set_dropout(self, p: float) -> None:
-        """Every dropout of the encoder (attention weights, residual branches, FFN) to `p`."""
-        for layer in self.encoder.layers:
-            layer.self_attn.dropout = p
-            for d in (layer.dropout, layer.dropout1, layer.dropout2):
-                d.p = p
-
-    @torch.no_grad()
-    def init_pos_sincos(self, h: int, w: int, k: int) -> None:
-        """The positional embedding of the h×w grid's tokens to the fixed 2-D sine-cosine code (MAE's:
-        half the channels for the row, half for the column), still learned from there; the `k`
-        prefix tokens keep their small random start."""
-        if self.pos is None:
-            return
-        d = HIDDEN // 4
-        omega = 1.0 / 10000 ** (torch.arange(d, dtype=torch.float64) / d)
-        rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
-                                    indexing="ij")
-        parts = [f(a.reshape(-1, 1) * omega[None]) for a in (rows, cols) for f in (torch.sin, torch.cos)]
-        self.pos[0, k:] = torch.cat(parts, dim=1).float()
-
-
 def _pick(t: torch.Tensor | None, idx) -> torch.Tensor | None:
     return None if t is None else t[idx]
 
 
-class _Base(fb.Mapper):
+class TrainedMapper(fb.Mapper):
     """What both recipes share: the architecture, tokens or grid, and prediction."""
 
     on_tokens = True  # False: the network sees the grid only (N×C×h×w)
+    per_position = False  # True: the network acts on each position alone (featbench's recipe trains
+    # it on shuffled positions, rows of all maps)
     positional = False
     time_budget_s: float | None = None  # the CPU seconds per task fit this baseline declares it needs
 
@@ -216,12 +124,14 @@ class _Base(fb.Mapper):
         return out | getattr(self, "extra", {})
 
 
-class _Trained(_Base):
+class FeatbenchRecipe(TrainedMapper):
     """featbench's recipe: standardised residual over the closed-form linear map, AdamW 1e-3,
     warm-up + cosine sized to the budget, early stopping keeping the best validation state."""
 
-    version = "4"  # 3: residual over linear, standardised MSE, warm-up + cosine, budget-sized schedule, bf16;
-    # 4: the schedule runs on progress (steps or time, whichever is further), not a step count sized once
+    version = "5"  # 3: residual over linear, standardised MSE, warm-up + cosine, budget-sized schedule, bf16;
+    # 4: the schedule runs on progress (steps or time, whichever is further), not a step count sized once;
+    # 5: the same training, its identity now covering this module and baselines.linear (split out of
+    # baselines.neural)
     lr = 1e-3
     weight_decay = 1e-4
     warmup = 0.05  # fraction of the schedule's progress
@@ -297,10 +207,6 @@ class _Trained(_Base):
                 return min(self.batch_rows, n)
             return min(self.batch_maps, n)
         return max(1, min(self.batch_maps, self.tokens_per_batch // per_item, n))
-
-    @property
-    def per_position(self) -> bool:
-        return isinstance(self.net, MLP)
 
     def _loss(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """MSE of a standardised batch (rows for per-position models, else maps or sequences).
@@ -443,10 +349,10 @@ class _Trained(_Base):
         return self._net_s(z) * self.y_std.view(1, -1, 1, 1) + self.y_mean.view(1, -1, 1, 1)
 
 
-class _FeatMapRecipe(_Base):
+class FeatMapRecipe(TrainedMapper):
     """FeatMap's own training, as the paper gives it (see the module docstring)."""
 
-    version = "1"
+    version = "2"  # 2: the same training, its identity now covering this module (split out of baselines.neural)
     lr = 1e-4
     weight_decay = 1e-4
     batch_size = 32
@@ -530,72 +436,3 @@ class _FeatMapRecipe(_Base):
         tokens = self._forward(x, prefix)
         maps, pred_prefix = from_tokens(tokens, tuple(x.shape[1:]), self._k())
         return maps if pred_prefix is None else (maps, pred_prefix)
-
-
-class _MLP:
-    def build(self, info: fb.TaskInfo) -> nn.Module:
-        return MLP(info.shape[0])
-
-
-class _CNN:
-    on_tokens = False
-
-    def build(self, info: fb.TaskInfo) -> nn.Module:
-        return CNN(info.shape[0])
-
-
-class _Transformer:
-    def build(self, info: fb.TaskInfo) -> nn.Module:
-        c, h, w = info.shape
-        return Transformer(c, h * w + self._k(), self.positional)
-
-
-class MLPMapper(_MLP, _Trained):
-    name = "mlp"
-    time_budget_s = 150
-    max_steps = 1500
-
-
-class CNNMapper(_CNN, _Trained):
-    name = "cnn"
-    time_budget_s = 180
-    max_steps = 1500
-
-
-class TransformerMapper(_Transformer, _Trained):
-    name = "transformer"
-    version = "5"  # 4: lr 3e-4, no dropout, 2-D sine-cosine positional start, no early stopping; 5: as _Trained 4
-    positional = True
-    time_budget_s = 300
-    lr = 3e-4  # 1e-3 never beat the linear start on validation (see the module docstring)
-    dropout = 0.0
-    pos_init = "sincos"
-    max_steps = 1500
-    tokens_per_batch = 1024
-    batch_maps = 32
-    n_checks = 8
-    patience = 3
-    min_fraction = 1.0  # no early stopping: validation gets better than the linear start only as the cosine
-    # decays (lite0 blocks.6 rot90), so the whole schedule runs; the best validated state is kept
-
-
-class TransformerNoPosMapper(TransformerMapper):
-    """FeatMap's transformer (no positional embedding), trained by featbench's recipe."""
-
-    name = "transformer-nopos"
-    positional = False
-
-
-class MLPFeatMapMapper(_MLP, _FeatMapRecipe):
-    name = "mlp-featmap"
-    time_budget_s = MLPMapper.time_budget_s
-
-
-class CNNFeatMapMapper(_CNN, _FeatMapRecipe):
-    name = "cnn-featmap"
-    time_budget_s = CNNMapper.time_budget_s
-
-
-class TransformerFeatMapMapper(_Transformer, _FeatMapRecipe):
-    name = "transformer-featmap"
-    time_budget_s = TransformerMapper.time_budget_s
