@@ -118,6 +118,13 @@ class TrainedMapper(fb.Mapper):
     def _k(self) -> int:
         return self.info.prefix_shape[1] if self.on_tokens and self.info.prefix_shape else 0
 
+    def _start(self, train: fb.MapData) -> torch.Generator:
+        """A fit's start, seeded from the task: the network built; returns the batch order's generator."""
+        self.info = train.info
+        torch.manual_seed(self.info.seed)
+        self.net = self.build(self.info)
+        return torch.Generator().manual_seed(self.info.seed)
+
     def describe(self) -> dict:
         out = {"n_params": sum(p.numel() for p in self.net.parameters()), "epochs": self.epochs,
                "steps": self.steps, "stopped_by": self.stopped_by, "best_val_loss": self.best_val_loss}
@@ -230,10 +237,8 @@ class FeatbenchRecipe(TrainedMapper):
 
     def fit(self, train: fb.MapData) -> None:
         start = time.perf_counter()
-        self.info = info = train.info
-        torch.manual_seed(info.seed)
-        g = torch.Generator().manual_seed(info.seed)
-        self.net = self.build(info)
+        g = self._start(train)
+        info = self.info
         # Zero-initialised last layer (the CNN's last BN: γ = β = 0): the residual starts at linear.
         nn.init.zeros_(self.net.last.weight)
         nn.init.zeros_(self.net.last.bias)
@@ -383,10 +388,8 @@ class FeatMapRecipe(TrainedMapper):
 
     def fit(self, train: fb.MapData) -> None:
         start = time.perf_counter()
-        self.info = info = train.info
-        torch.manual_seed(info.seed)
-        g = torch.Generator().manual_seed(info.seed)
-        self.net = self.build(info)
+        g = self._start(train)
+        info = self.info
         fit_part, val = train.split(0.05, seed=info.seed)
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=self.plateau_patience)
