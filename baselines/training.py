@@ -357,7 +357,8 @@ class FeatbenchRecipe(TrainedMapper):
 class FeatMapRecipe(TrainedMapper):
     """FeatMap's own training, as the paper gives it (see the module docstring)."""
 
-    version = "2"  # 2: the same training, its identity now covering this module (split out of baselines.neural)
+    version = "2"  # 2: the same training, its identity now covering this module (split out of baselines.neural);
+    # transformer-featmap gets the transformer's new 720 s budget
     lr = 1e-4
     weight_decay = 1e-4
     batch_size = 32
