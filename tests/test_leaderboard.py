@@ -16,7 +16,8 @@ from featbench.board import leaderboard as lb
 from featbench.cli import main
 from featbench.core.results import seal
 from tests.conftest import make_tiny_suite
-from tests.leaderboard_helpers import QUALITY, fake_task_hash, scores_for, write_model
+from featbench.core.results import write_result
+from tests.leaderboard_helpers import QUALITY, fake_task_hash, result_record, scores_for, task_record, write_model
 
 
 @pytest.fixture
@@ -185,6 +186,30 @@ def test_tables_hold_the_means_counts_and_order(suite, root):
     failed_rows = csv[csv["status"] == "failed"]
     assert len(failed_rows) == 1 and failed_rows["metric"].isna().all()
     assert json.loads((root / "leaderboard.json").read_text()) == board
+
+
+def test_tables_count_the_fits_a_budget_ended(suite, root):
+    """"budget stops": of a model's scored tasks, those whose training its time budget ended (a
+    mapper's time_budget, an inverter's time limit; a pre-1.2 record's notes count too); "-" for
+    a model that records no stopped_by."""
+    tasks = suite.select(track="map")
+    said = ["time_budget", "converged", "early_stopping"]
+    recs = [task_record(t, scores_for("mid")(t)) for t in tasks]
+    for i, rec in enumerate(recs):
+        rec["provenance"] = {"stopped_by": said[i % 3]}
+    recs[1] = task_record(tasks[1], scores_for("mid")(tasks[1])) | {"notes": ["stopped_by: time_budget"]}  # pre-1.2
+    write_result(root / "results" / "trained.json", result_record(suite, "trained", recs))
+    board = lb.build(suite, root, use_built_data=False).board
+    by = {e["model"]: e for e in board["tracks"]["map"]["models"]}
+    want = sum(i % 3 == 0 or i == 1 for i in range(len(tasks)))
+    assert by["trained"]["budget_stops"] == want and by["mid"]["budget_stops"] is None
+    md = (root / "LEADERBOARD.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| trained"))
+    cells = [c.strip() for c in row.split("|")]
+    header = [c.strip() for c in next(line for line in md.splitlines() if line.startswith("| model")).split("|")]
+    assert cells[header.index("budget stops")] == f"{want}/{len(tasks)}"
+    mid = [c.strip() for c in next(line for line in md.splitlines() if line.startswith("| mid")).split("|")]
+    assert mid[header.index("budget stops")] == "-"
 
 
 def test_invert_results_get_their_own_table(suite, root):

@@ -14,7 +14,7 @@ import io
 import re
 from typing import Any
 
-from featbench.board.tables import fmt, fmt_count, fmt_score, fmt_tasks
+from featbench.board.tables import fmt, fmt_budget_stops, fmt_count, fmt_score, fmt_tasks
 from featbench.scoring.summaries import LOWER_IS_BETTER
 
 _RC = {
@@ -197,7 +197,7 @@ def _table(table_id: str, headers: list[str], rows: list[list[str]]) -> str:
 def _main_table(track: str, summary: dict[str, Any]) -> str:
     metrics, categories = summary["metrics"], summary["categories"]
     headers = ["model", "version", "tasks ok", "mean rank [95 %]"] + [f"{c} {m}" for c in categories for m in metrics]
-    headers += ["params", "fit s / task", "predict maps / s"]
+    headers += ["params", "fit s / task", "budget stops", "predict maps / s"]
     rows = []
     for e in summary["models"]:
         r = e["mean_rank"]
@@ -207,6 +207,7 @@ def _main_table(track: str, summary: dict[str, Any]) -> str:
         row += [_cell(fmt_score(e["categories"][c][m]), e["categories"][c][m]["value"], True)
                 for c in categories for m in metrics]
         row += [_cell(fmt_count(e["n_params"]), e["n_params"], True), _cell(fmt(e["fit_s_mean"], 2), e["fit_s_mean"], True),
+                _cell(fmt_budget_stops(e), e["budget_stops"], True),
                 _cell(fmt(e["predict_per_s_mean"], 0), e["predict_per_s_mean"], True)]
         rows.append(row)
     return _table(f"{track}-models", headers, rows)

@@ -17,6 +17,7 @@ from featbench.data.suites import DATA_FORMAT_VERSION, Suite
 from featbench.scoring.summaries import CATEGORY_ORDER, HEADLINE, LOWER_IS_BETTER
 
 from featbench.board.admission import Collection
+from featbench.core.results import TaskRecord
 from featbench.board.ranking import RANK_BOOT, RANK_SEED, Z95, rank_interval
 
 
@@ -52,6 +53,18 @@ def tidy_frame(results: dict[str, dict[str, Any]]) -> pd.DataFrame:
                              ignore_index=True)
 
 
+
+
+# What a mapper's and an inverter's ``stopped_by`` say when the budget, not the model, ended training.
+BUDGET_STOPPED = ("time_budget", "time limit")
+
+
+def budget_stops(rec: dict[str, Any]) -> int | None:
+    """How many of a result's scored tasks ended training on the budget; None where its model
+    records no ``stopped_by`` (a closed-form fit)."""
+    said = [TaskRecord.from_dict(t).provenance.get("stopped_by") for t in rec["tasks"] if t["status"] == "ok"]
+    said = [s for s in said if s is not None]
+    return sum(s in BUDGET_STOPPED for s in said) if said else None
 
 
 def _num(x: Any) -> float | None:
@@ -120,6 +133,7 @@ def summarize_track(suite: Suite, frame: pd.DataFrame, results: dict[str, dict[s
             "applies_to": declared[model],  # None: every category
             "mean_rank": {"value": _num(rank[i]), "ci_low": _num(low[i]), "ci_high": _num(high[i])},
             "fit_s_mean": _num(ok_tasks["fit_s"].mean()), "predict_per_s_mean": _num(ok_tasks["predict_per_s"].mean()),
+            "budget_stops": budget_stops(rec),
             "overall": {m: _mean_score(scored[scored["metric"] == m]) for m in metrics},
             "categories": {c: {m: _mean_score(scored[(scored["category"] == c) & (scored["metric"] == m)])
                                for m in metrics} for c in categories},
@@ -180,6 +194,11 @@ def fmt_score(s: dict[str, Any] | None, digits: int = 3) -> str:
     return f"{s['value']:.{digits}f} [{s['ci_low']:.{digits}f}, {s['ci_high']:.{digits}f}]"
 
 
+def fmt_budget_stops(entry: dict[str, Any]) -> str:
+    """The "budget stops" cell: tasks whose training the budget ended, of those scored."""
+    return "-" if entry["budget_stops"] is None else f"{entry['budget_stops']}/{entry['tasks_ok']}"
+
+
 def fmt_count(n: int | None) -> str:
     if n is None:
         return "-"
@@ -194,14 +213,14 @@ def main_table(summary: dict[str, Any], sort: str | None = None) -> tuple[list[s
     metrics, categories = summary["metrics"], summary["categories"]
     headers = ["model", "version", "tasks ok", "mean rank [95 % interval]"]
     headers += [f"{c} {m}" for c in categories for m in metrics]
-    headers += ["params", "fit s / task", "predict maps / s"]
+    headers += ["params", "fit s / task", "budget stops", "predict maps / s"]
     rows = []
     for e in sort_models(summary, sort):
         r = e["mean_rank"]
         rank = "-" if r["value"] is None else f"{r['value']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
         row = [e["model"], e["version"], fmt_tasks(e), rank]
         row += [fmt_score(e["categories"][c][m]) for c in categories for m in metrics]
-        row += [fmt_count(e["n_params"]), fmt(e["fit_s_mean"], 2), fmt(e["predict_per_s_mean"], 0)]
+        row += [fmt_count(e["n_params"]), fmt(e["fit_s_mean"], 2), fmt_budget_stops(e), fmt(e["predict_per_s_mean"], 0)]
         rows.append(row)
     return headers, rows
 
@@ -209,14 +228,16 @@ def main_table(summary: dict[str, Any], sort: str | None = None) -> tuple[list[s
 def overall_table(summary: dict[str, Any], sort: str | None = None) -> tuple[list[str], list[list[Any]]]:
     """The narrow form of `main_table`: each headline score's mean over all of a model's tasks."""
     metrics = summary["metrics"]
-    headers = ["model", "version", "tasks ok", "mean rank [95 %]", *metrics, "params", "fit s / task", "predict maps / s"]
+    headers = ["model", "version", "tasks ok", "mean rank [95 %]", *metrics, "params", "fit s / task", "budget stops",
+               "predict maps / s"]
     rows = []
     for e in sort_models(summary, sort):
         r = e["mean_rank"]
         rank = "-" if r["value"] is None else f"{r['value']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
         rows.append([e["model"], e["version"], fmt_tasks(e), rank,
                      *(fmt_score(e["overall"][m]) for m in metrics),
-                     fmt_count(e["n_params"]), fmt(e["fit_s_mean"], 2), fmt(e["predict_per_s_mean"], 0)])
+                     fmt_count(e["n_params"]), fmt(e["fit_s_mean"], 2), fmt_budget_stops(e),
+                     fmt(e["predict_per_s_mean"], 0)])
     return headers, rows
 
 
