@@ -39,7 +39,9 @@ class _CNN:
 
 class CNNMapper(_CNN, FeatbenchRecipe):
     name = "cnn"
-    time_budget_s = 180
+    version = "6"  # 6: a 240 s budget (was 180 s): on efficientnet_lite0 blocks.2 the 1500 steps took 130-140 s
+    # of the schedule's 144 s (``budget_use``), so a loaded machine stopped them on the budget
+    time_budget_s = 240
     max_steps = 1500
 
 
