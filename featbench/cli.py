@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from tabulate import tabulate
@@ -104,6 +105,17 @@ def _use_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _warn_if_busy(threads: int) -> None:
+    """Say so where other work already holds the cores this run's fits need: a fit's time budget is
+    wall time, so on a busy machine training ends early on the budget (each record says so)."""
+    if not hasattr(os, "getloadavg"):  # not on every platform
+        return
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load + threads > cores + 0.5:
+        print(f"featbench: this machine is busy (load {load:.1f} on {cores} CPUs; this run's fits take {threads} "
+              "thread(s)): fits with a time budget may stop early, recorded as stopped_by: time_budget", file=sys.stderr)
+
+
 def _cmd_run(args: argparse.Namespace) -> None:
     from featbench.core.results import result_path
     from featbench.data.suites import load_suite
@@ -125,6 +137,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
     isolation = Isolation("none" if args.no_isolation else args.isolation, wall_s=args.wall_limit,
                           threads=args.threads, memory_gb=args.memory_limit)
     executor = make_executor(args.executor, args.ray_address, args.cpus_per_task, args.gpus_per_task)
+    if args.executor == "local":
+        _warn_if_busy(isolation.thread_count())
     results = []
     for spec in models:
         out = args.out or result_path(args.out_dir, spec, suite.name)

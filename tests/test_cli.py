@@ -118,7 +118,7 @@ def test_a_bad_argument_is_a_clear_error(scored, tmp_path, capsys, argv, says):
              "suite": scored[0], "out": tmp_path / "out.json"}
     assert main([a.format(**paths) for a in argv]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("featbench: error: ") and says in err and "Traceback" not in err
+    assert "featbench: error: " in err and says in err and "Traceback" not in err  # after any warning
     assert not (tmp_path / "out.json").exists()
 
 
@@ -166,3 +166,23 @@ def test_run_names_a_missing_reuse_file_before_it_fits(scored, tmp_path, capsys)
                  "--out", str(tmp_path / "out.json"), "--no-isolation"]) == 2
     assert f"--reuse: no such result file or folder: {tmp_path / 'gone.json'}" in capsys.readouterr().err
     assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize("load, busy", [(0.2, False), (3.5, True)])
+def test_run_says_when_the_machine_is_too_busy_for_its_budgets(scored, tmp_path, capsys, monkeypatch, load, busy):
+    """Budgets are wall time: a run started where other work holds the cores warns that its fits may
+    stop early on the budget."""
+    import torch
+
+    suite_file, out = scored
+    monkeypatch.setenv("FEATBENCH_CACHE", str(out.parents[2] / "cache"))
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    threads = torch.get_num_threads()
+    try:
+        assert main(["run", "--suite", str(suite_file), "--model", "identity", "--out", str(tmp_path / "r.json"),
+                     "--n-boot", "20", "--no-isolation", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert ("this machine is busy (load 3.5 on 2 CPUs" in err) == busy
