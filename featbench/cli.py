@@ -111,7 +111,7 @@ def _warn_if_busy(threads: int) -> None:
     if not hasattr(os, "getloadavg"):  # not on every platform
         return
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load + threads > cores + 0.5:
+    if load + threads > cores + 0.5:  # half a core of slack: the load average counts short-lived work too
         print(f"featbench: this machine is busy (load {load:.1f} on {cores} CPUs; this run's fits take {threads} "
               "thread(s)): fits with a time budget may stop early, recorded as stopped_by: time_budget", file=sys.stderr)
 

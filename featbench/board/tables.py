@@ -12,12 +12,12 @@ from tabulate import tabulate
 
 import featbench
 from featbench.core.errors import FeatbenchError
+from featbench.core.results import TaskRecord
 from featbench.data.suites import DATA_FORMAT_VERSION, Suite
 
 from featbench.scoring.summaries import CATEGORY_ORDER, HEADLINE, LOWER_IS_BETTER
 
 from featbench.board.admission import Collection
-from featbench.core.results import TaskRecord
 from featbench.board.ranking import RANK_BOOT, RANK_SEED, Z95, rank_interval
 
 
