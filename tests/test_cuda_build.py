@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import featbench as fb
 from featbench.core.errors import FeatbenchError
@@ -84,3 +85,18 @@ def test_features_and_tail_on_cuda_come_back_where_the_caller_keeps_them(name, l
     torch.testing.assert_close(tail, on_cpu.tail(layer, expect), rtol=1e-4, atol=1e-4)
     on_device = on_gpu.features(x.cuda(), [layer])[layer]
     assert on_device.is_cuda and on_gpu.tail(layer, on_device).is_cuda
+
+
+@needs_cuda
+def test_a_float64_cuda_build_has_the_cpu_builds_bytes(tmp_path, private_cache):
+    """A suite whose backbones compute in float64 (its ``precision``) stores the same float16
+    bytes from a GPU as from a CPU, so a GPU build of it gives the ledger's task hashes."""
+    plain = make_tiny_suite(tmp_path)
+    path = tmp_path / "f64.yaml"
+    path.write_text(yaml.safe_dump({**plain.to_yaml_dict(), "precision": {TINY_CNN: "float64", TINY_VIT: "float64"}}))
+    suite = fb.load_suite(path)
+    fb.build_suite(suite, batch_size=4, progress=False)
+    cpu = _arrow_hashes(suite)
+    shutil.rmtree(private_cache / "datasets")
+    fb.build_suite(suite, batch_size=4, progress=False, device="cuda")
+    assert _arrow_hashes(suite) == cpu

@@ -107,6 +107,7 @@ def init_suite(images: str | Path, out: str | Path, *, base: str | Path = "featb
         run_defaults=dict(template.run_defaults),
         invert={k: v for k, v in template.invert.items() if k != "image_scores"},
         extra_scores=list(template.extra_scores),
+        precision={b: p for b, p in template.precision.items() if b in chosen},
         weights={b: _portable_path(Path(f).expanduser().resolve(), out.parent) for b, f in (weights or {}).items()})
     return suite.save(out)
 

@@ -44,7 +44,7 @@ from featbench.zoo.backbones import Backbone, backbone_fingerprint, load_backbon
 from featbench.core.cache import atomic_write
 from featbench.core.distributed import Ranks, launched_ranks
 from featbench.core.prefetch import prefetched
-from featbench.core.errors import DataError
+from featbench.core.errors import DataError, FeatbenchError
 from featbench.core.hashing import sha256_file, sha256_json
 from featbench.data.images import ImageRecord, ImageSource, seed_for, split_by_name, views
 from featbench.data.manipulations import Manipulation, ManipulationContext
@@ -360,7 +360,8 @@ def build_suite(suite: Suite, images: str | Path | None = None, custom: bool = F
 
     `images` overrides the image folder; with `custom`, a folder that is not the pinned one
     builds a custom suite (see `Suite.as_custom`). `compile` uses ``torch.compile`` for the
-    forward passes (worth its start-up time on full suites). `models` gives backbones already
+    forward passes (worth its start-up time on full suites) of the backbones the suite computes in
+    float32; those it computes in float64 (its ``precision``) run eager. `models` gives backbones already
     loaded (say, compiled and warmed up by an earlier build), by name, to use instead of loading.
     `device` runs the forward passes there (default: the CPU); ``cuda`` under a launcher gives
     each rank the GPU of its LOCAL_RANK. Decoding, manipulating and writing stay on the CPU.
@@ -393,7 +394,12 @@ def build_suite(suite: Suite, images: str | Path | None = None, custom: bool = F
                 with quiet_datasets(), ranks.together(
                         f"extracting {name}", after=f"Nothing of {name} was assembled; the shards "
                         "written are kept, and building again resumes from them"):
-                    bb = (models or {}).get(name) or load_backbone(name, compile=compile, device=_rank_device(device))
+                    dtype = getattr(torch, suite.precision_of(name))
+                    bb = (models or {}).get(name) or load_backbone(
+                        name, compile=compile and dtype == torch.float32, device=_rank_device(device), dtype=dtype)
+                    if bb.dtype != dtype:
+                        raise FeatbenchError(f"suite {suite.name} computes {name}'s maps in {suite.precision_of(name)}; "
+                                             f"the backbone given runs in {str(bb.dtype).removeprefix('torch.')}")
                     report.device = _device_name(bb.device)
                     _build_backbone(suite, source, bb, refs, todo, ranks.share(chunks), batch_size,
                                     progress and ranks.is_main, assembly)

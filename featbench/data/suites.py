@@ -85,6 +85,12 @@ class Suite:
     # {backbone: weights file} for backbones whose weights featbench does not ship (a path relative
     # to the suite file). Not hashed: the weights' own hash is in the backbone's fingerprint.
     weights: dict[str, str] = field(default_factory=dict)
+    # {backbone: "float64"} for backbones whose maps are computed in float64, then stored in float16
+    # like every map: the stored bytes then no longer depend on the CPU's vector width or thread
+    # count, so that a build on any machine gives the same task hashes (README, "Task hashes that
+    # do not depend on the machine"). Hashed into the spec and those backbones' variant keys when
+    # given, so that suites without it keep their hashes.
+    precision: dict[str, str] = field(default_factory=dict)
 
     # -- tasks --------------------------------------------------------------------------------
     @cached_property
@@ -117,6 +123,10 @@ class Suite:
             if t.id == task_id:
                 return t
         raise UnknownNameError(f"suite {self.name} has no task {task_id!r}")
+
+    def precision_of(self, backbone: str) -> str:
+        """The dtype `backbone`'s maps are computed in (``float32`` unless the suite says otherwise)."""
+        return self.precision.get(backbone, "float32")
 
     # -- images -------------------------------------------------------------------------------
     def image_source(self, directory: str | Path | None = None, custom: bool = False) -> ImageSource:
@@ -190,7 +200,7 @@ class Suite:
         invert = {k: v for k, v in self.invert.items() if k != "image_scores"}
         custom = Suite(name, self.version, self.description, self.seed, images, self.n_test, self.views,
                        self.backbones, self.manipulations, self.tracks, None, self.run_defaults, invert,
-                       self.test_targets, self.extra_scores, self._weights_resolved())
+                       self.test_targets, self.extra_scores, self._weights_resolved(), self.precision)
         return custom.save(custom_suites_dir() / f"{name}.yaml")
 
     def _weights_resolved(self) -> dict[str, str]:
@@ -218,6 +228,8 @@ class Suite:
             out["scores"] = self.extra_scores
         if self.weights:
             out["weights"] = self.weights
+        if self.precision:
+            out["precision"] = self.precision
         return out
 
     def save(self, path: str | Path) -> "Suite":
@@ -235,7 +247,7 @@ class Suite:
     def variant_spec(self, manifest_sha256: str, backbone_fingerprint: dict, layer: str,
                      manipulation: Manipulation | None) -> dict[str, Any]:
         """Everything one variant dataset depends on; its hash is the dataset's cache key."""
-        return {
+        spec = {
             "format_version": DATA_FORMAT_VERSION,
             "images_manifest_sha256": manifest_sha256,
             "split": {"n_test": self.n_test, "method": "sha256(file name)"},
@@ -245,6 +257,10 @@ class Suite:
             "layer": layer,
             "variant": manipulation.spec() if manipulation else ORIGINAL,
         }
+        precision = self.precision_of(backbone_fingerprint["name"])
+        if precision != "float32":  # only then, so that float32 datasets keep their keys
+            spec["precision"] = precision
+        return spec
 
     def spec_dict(self) -> dict[str, Any]:
         spec = {
@@ -259,6 +275,8 @@ class Suite:
             spec["test_targets"] = self.test_targets
         if self.extra_scores:  # likewise
             spec["scores"] = self.extra_scores
+        if self.precision:  # likewise
+            spec["precision"] = self.precision
         return spec
 
     def spec_sha256(self) -> str:
@@ -323,6 +341,7 @@ def _check_unique_manipulations(suite: Suite) -> Suite:
 
 
 TEST_TARGETS = ("published", "hidden")
+PRECISIONS = ("float32", "float64")
 # semantic: FeatMap's class scores beside top1_agree (backbones with a head); changed_region: the
 # map scores restricted to the positions an edit changed (local and semantic tasks).
 EXTRA_SCORES = ("semantic", "changed_region")
@@ -333,6 +352,18 @@ def _extra_scores(value: Any, path: Path) -> list[str]:
         raise FeatbenchError(f"suite file {path}: scores must be a list of distinct names from "
                              f"{', '.join(EXTRA_SCORES)}, got {value!r}")
     return list(value)
+
+
+def _precision(value: Any, backbones: dict, path: Path) -> dict[str, str]:
+    if not isinstance(value, dict) or any(p not in PRECISIONS for p in value.values()):
+        raise FeatbenchError(f"suite file {path}: precision must map backbones to one of {', '.join(PRECISIONS)}, "
+                             f"got {value!r}")
+    unknown = sorted(set(value) - set(backbones))
+    if unknown:
+        raise FeatbenchError(f"suite file {path}: precision names backbone {unknown[0]!r}, which the suite does not "
+                             f"use ({', '.join(backbones)})")
+    # float32 is the default: leaving it out keeps the suite's hashes those of a suite without the key.
+    return {str(b): str(p) for b, p in value.items() if p != "float32"}
 
 
 def _test_targets(value: Any, path: Path) -> str:
@@ -358,6 +389,7 @@ def _suite_from_yaml(path: Path) -> Suite:
             test_targets=_test_targets(raw.get("test_targets", "published"), path),
             extra_scores=_extra_scores(raw.get("scores", []), path),
             weights={str(b): str(f) for b, f in (raw.get("weights") or {}).items()},
+            precision=_precision(raw.get("precision") or {}, raw["backbones"], path),
         ))))
     except FeatbenchError:
         raise

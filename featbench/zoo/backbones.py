@@ -309,15 +309,22 @@ def _full_precision(device: torch.device):
 class Backbone:
     """A loaded backbone: preprocessing, feature maps at named layers, and the tail.
 
-    The network runs on `device` (default: the CPU); `features` and `tail` take and return
-    tensors wherever the caller keeps them.
+    The network runs on `device` (default: the CPU) in `dtype` (default: float32); `features`
+    and `tail` take and return tensors wherever the caller keeps them.
     """
 
     def __init__(self, spec: BackboneSpec, model: nn.Module, weights_sha256: str, compile: bool = False,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, dtype: torch.dtype = torch.float32):
+        if dtype not in (torch.float32, torch.float64):
+            raise FeatbenchError(f"backbone {spec.name}: dtype must be float32 or float64, not {dtype}")
+        if compile and dtype == torch.float64:
+            # Inductor's freezing has no float64 convolution (oneDNN), and float64 is for
+            # reproducible maps, not speed.
+            raise FeatbenchError(f"backbone {spec.name}: compile is for float32; float64 runs eager")
         self.spec = spec
         self.device = _torch_device(device)
-        self.model = model.eval().requires_grad_(False).to(self.device)
+        self.dtype = dtype
+        self.model = model.eval().requires_grad_(False).to(self.device, dtype)
         self.weights_sha256 = weights_sha256
         self.is_vit = isinstance(model, VisionTransformer)
         self.num_prefix_tokens = int(model.num_prefix_tokens) if self.is_vit else 0
@@ -396,7 +403,7 @@ class Backbone:
         order = tuple(sorted(set(layers), key=self._index.__getitem__))
         extract = self._extractor(order, self._compile and not differentiable)
         with torch.inference_mode(not differentiable), _full_precision(self.device):
-            x_in = x.to(self.device, memory_format=self.input_memory_format, non_blocking=True)
+            x_in = x.to(self.device, self.dtype, memory_format=self.input_memory_format, non_blocking=True)
             outs = dict(zip(order, extract(x_in)))
             return {layer: self._to_map(outs[layer], dtype or outs[layer].dtype, x.device) for layer in layers}
 
@@ -418,7 +425,7 @@ class Backbone:
         For ViTs the map's prefix tokens (N×C×k) are taken from ``prefix`` or ``fmap.prefix``.
         """
         self._check_layers([layer])
-        x = fmap.to(self.device)
+        x = fmap.to(self.device, self.dtype)
         if self.is_vit:
             prefix = prefix if prefix is not None else getattr(fmap, "prefix", None)
             if prefix is None:
@@ -426,7 +433,7 @@ class Backbone:
                     f"{self.name} is a vision transformer: its tail needs the class-token prefix "
                     "(N×C×k); pass prefix= or a map returned by features()")
             n, c = fmap.shape[:2]
-            x = torch.cat([prefix.to(self.device).transpose(1, 2), x.reshape(n, c, -1).transpose(1, 2)], dim=1)
+            x = torch.cat([prefix.to(self.device, self.dtype).transpose(1, 2), x.reshape(n, c, -1).transpose(1, 2)], dim=1)
         else:
             x = x.contiguous(memory_format=torch.channels_last)
         with _full_precision(self.device):
@@ -534,8 +541,10 @@ def use_weights_file(name: str, path: str | Path) -> None:
 
 
 def load_backbone(name: str, *, pretrained_file: str | Path | None = None, compile: bool = False,
-                  device: str | torch.device | None = None) -> Backbone:
-    """A backbone in eval mode with its pinned weights, on `device` (default: the CPU).
+                  device: str | torch.device | None = None, dtype: torch.dtype = torch.float32) -> Backbone:
+    """A backbone in eval mode with its pinned weights, on `device` (default: the CPU), computing
+    in `dtype`: float32, or float64 for maps that round to the same float16 values on any machine
+    (a suite's ``precision``; eager only, about 2.6× slower for a ViT on a CPU).
 
     `name` is a registered backbone (`list_backbones()`) or any timm model name, whose weights
     then come from timm's pretrained config. `pretrained_file`, else the file `use_weights_file`
@@ -550,22 +559,22 @@ def load_backbone(name: str, *, pretrained_file: str | Path | None = None, compi
                 f"unknown backbone {name!r}: neither registered ({', '.join(list_backbones())}) nor a timm model")
         model = _timm_pretrained(BackboneSpec(name, name, Preprocessing(0, 0), {}, True), pretrained_file)
         spec = _spec_from_timm(name, model)
-        return Backbone(spec, model, sha256_tensors(model.state_dict()), compile=compile, device=device)
+        return Backbone(spec, model, sha256_tensors(model.state_dict()), compile=compile, device=device, dtype=dtype)
     if spec.random_init_seed is not None:
         with torch.random.fork_rng():
             torch.manual_seed(spec.random_init_seed)
             model = _create_model(spec)
-        return Backbone(spec, model, sha256_tensors(model.state_dict()), compile=compile, device=device)
+        return Backbone(spec, model, sha256_tensors(model.state_dict()), compile=compile, device=device, dtype=dtype)
     if spec.asset is None:
         model = _timm_pretrained(spec, pretrained_file)
-        return Backbone(spec, model, sha256_tensors(model.state_dict()), compile=compile, device=device)
+        return Backbone(spec, model, sha256_tensors(model.state_dict()), compile=compile, device=device, dtype=dtype)
     model = _create_model(spec)
     state = assets.load_asset(spec.asset, local_file=pretrained_file)
     if "pos_embed" in state and state["pos_embed"].shape != model.pos_embed.shape:
         state = conversions.resample_vit_pos_embed(state, tuple(model.patch_embed.grid_size))
     model.load_state_dict(state, strict=True)
     # The asset hash pins the weights; the resampling above is a fixed function of them.
-    return Backbone(spec, model, assets.get_asset(spec.asset).tensors_sha256, compile=compile, device=device)
+    return Backbone(spec, model, assets.get_asset(spec.asset).tensors_sha256, compile=compile, device=device, dtype=dtype)
 
 
 def _spec_from_timm(name: str, model: nn.Module) -> BackboneSpec:
