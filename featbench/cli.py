@@ -48,13 +48,18 @@ def _cmd_init_suite(args: argparse.Namespace) -> None:
             backbones[name] = layers.split(",") if layers else args.layers
     suite = init_suite(args.images, args.out, base=args.base, name=args.name, backbones=backbones,
                        n_test=args.n_test, test_fraction=args.test_fraction, labels=args.labels,
-                       weights=dict(args.weights or []))
+                       weights=dict(args.weights or []), float64=args.float64 or ())
     n_train = suite.images["n_images"] - suite.n_test
     print(f"wrote {args.out}: suite {suite.name}, {suite.images['n_images']} images ({n_train} train / {suite.n_test} "
           f"test), labels {suite.images['labels']}, manifest sha256 {suite.images['manifest_sha256']}")
     print(f"{len(suite.select(track='map'))} map + {len(suite.select(track='invert'))} invert tasks on "
-          f"{', '.join(f'{b} ({len(ls)} layers)' for b, ls in suite.backbones.items())}")
+          f"{', '.join(f'{b} ({len(ls)} layers{_precision_note(suite, b)})' for b, ls in suite.backbones.items())}")
     print(f"next: featbench build --suite {args.out}   then   featbench run --suite {args.out} --out-dir leaderboard")
+
+
+def _precision_note(suite, backbone: str) -> str:
+    precision = suite.precision_of(backbone)
+    return "" if precision == "float32" else f", maps computed in {precision}"
 
 
 def _cmd_backbones(args: argparse.Namespace) -> None:
@@ -318,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--test-fraction", type=float, help="fraction of the images to hold out (default 0.2)")
     p.add_argument("--labels", help="label scheme (default: inferred from the folder): none, imagenet-wnid, "
                                     "class-id, imagefolder or csv:FILE")
+    p.add_argument("--float64", action="append", metavar="BACKBONE",
+                   help="compute this backbone's maps in float64 before their float16 storage (repeatable), so that "
+                        "a build on any machine gives the same task hashes; slower, eager (README: precision)")
     p.set_defaults(func=_cmd_init_suite)
 
     p = sub.add_parser("backbones", help="list the registered backbones: layers, weight sources, weights on this machine")

@@ -136,12 +136,26 @@ def test_init_suite_pins_the_full_manifest_and_the_split(tmp_path, base):
     ({"n_test": 10}, "cannot hold out 10 test images from 10"),
     ({"test_fraction": 1.5}, "strictly between 0 and 1"),
     ({"backbones": {"no-such-net": None}}, "no-such-net"),
+    ({"float64": ["no-such-net"]}, "--float64 no-such-net: the suite has no such backbone"),
 ])
 def test_init_suite_refuses_what_cannot_be_built(tmp_path, base, kwargs, match):
     images = _folder(tmp_path / "mine", [f"p{i}.png" for i in range(10)])
     with pytest.raises(FeatbenchError, match=match):
         init_suite(images, tmp_path / "mine.yaml", base=base.path, **kwargs)
     assert not (tmp_path / "mine.yaml").exists()
+
+
+def test_init_suite_float64_asks_for_maps_computed_in_float64(tmp_path, base, capsys):
+    images = _folder(tmp_path / "mine", [f"{i}_photo.png" for i in range(10)])
+    assert main(["init-suite", "--images", str(images), "--from", str(base.path), "-o", str(tmp_path / "mine.yaml"),
+                 "--float64", TINY_VIT]) == 0
+    assert f"{TINY_VIT} (1 layers, maps computed in float64)" in capsys.readouterr().out
+    suite = fb.load_suite(tmp_path / "mine.yaml")
+    assert suite.precision == {TINY_VIT: "float64"} and suite.precision_of(TINY_CNN) == "float32"
+    # A suite made from it keeps it for the backbones it keeps.
+    again = init_suite(images, tmp_path / "again.yaml", base=suite.path)
+    assert again.precision == {TINY_VIT: "float64"}
+    assert init_suite(images, tmp_path / "cnn.yaml", base=suite.path, backbones={TINY_CNN: None}).precision == {}
 
 
 def test_unknown_suite_and_missing_file_say_what_to_do(tmp_path):

@@ -67,13 +67,15 @@ def held_out_count(n_images: int, n_test: int | None, test_fraction: float | Non
 def init_suite(images: str | Path, out: str | Path, *, base: str | Path = "featbench-v1", name: str | None = None,
                backbones: Mapping[str, Sequence[str] | None] | None = None, n_test: int | None = None,
                test_fraction: float | None = None, labels: str | None = None,
-               weights: Mapping[str, str | Path] | None = None) -> Suite:
+               weights: Mapping[str, str | Path] | None = None, float64: Sequence[str] = ()) -> Suite:
     """Write the suite file `out` for `images` (a folder, or ``hf:ID@REV``) and return the suite.
 
     `base` gives the design; `backbones` ({name: layers or None}) replaces its backbones (None:
     the base suite's layers of that backbone, else every layer the backbone exposes); `labels`
     is a scheme of `featbench.data.images.LABEL_SCHEMES` (default: inferred); `weights`
-    ({backbone: file}) names the weights of backbones featbench does not ship. The file pins the
+    ({backbone: file}) names the weights of backbones featbench does not ship; `float64` names
+    backbones whose maps are computed in float64 (the suite's ``precision``, for task hashes that
+    do not depend on the machine; the base suite's carry over). The file pins the
     images' full manifest hash; the base suite's inverter checkpoints are not carried over (they
     were trained on other images).
     """
@@ -91,6 +93,9 @@ def init_suite(images: str | Path, out: str | Path, *, base: str | Path = "featb
     for backbone, layers in (backbones or template.backbones).items():
         spec = BACKBONES.lookup(backbone)
         chosen[backbone] = list(layers or template.backbones.get(backbone) or spec.layers)
+    unknown = sorted(set(float64) - set(chosen))
+    if unknown:
+        raise FeatbenchError(f"--float64 {unknown[0]}: the suite has no such backbone ({', '.join(chosen)})")
     if hf:
         image_spec = {"kind": "hf", **hf}
     else:
@@ -107,7 +112,7 @@ def init_suite(images: str | Path, out: str | Path, *, base: str | Path = "featb
         run_defaults=dict(template.run_defaults),
         invert={k: v for k, v in template.invert.items() if k != "image_scores"},
         extra_scores=list(template.extra_scores),
-        precision={b: p for b, p in template.precision.items() if b in chosen},
+        precision={b: p for b, p in template.precision.items() if b in chosen} | {b: "float64" for b in float64},
         weights={b: _portable_path(Path(f).expanduser().resolve(), out.parent) for b, f in (weights or {}).items()})
     return suite.save(out)
 
