@@ -394,11 +394,12 @@ def build_suite(suite: Suite, images: str | Path | None = None, custom: bool = F
                 with quiet_datasets(), ranks.together(
                         f"extracting {name}", after=f"Nothing of {name} was assembled; the shards "
                         "written are kept, and building again resumes from them"):
-                    dtype = getattr(torch, suite.precision_of(name))
+                    precision = suite.precision_of(name)
+                    dtype = getattr(torch, precision)
                     bb = (models or {}).get(name) or load_backbone(
                         name, compile=compile and dtype == torch.float32, device=_rank_device(device), dtype=dtype)
                     if bb.dtype != dtype:
-                        raise FeatbenchError(f"suite {suite.name} computes {name}'s maps in {suite.precision_of(name)}; "
+                        raise FeatbenchError(f"suite {suite.name} computes {name}'s maps in {precision}; "
                                              f"the backbone given runs in {str(bb.dtype).removeprefix('torch.')}")
                     report.device = _device_name(bb.device)
                     _build_backbone(suite, source, bb, refs, todo, ranks.share(chunks), batch_size,
