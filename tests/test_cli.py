@@ -158,6 +158,7 @@ def test_build_says_whether_its_data_match_the_leaderboards_task_hashes(private_
     out = capsys.readouterr().out
     assert f"task hashes: 1 of 2 built tasks differ from the leaderboard's task_hashes.json (e.g. {TASK}:" in out
     assert "000000000000 there" in out and "left out of that leaderboard" in out
+    assert "computes a backbone in float64 (its precision)" in out  # the way out, named
 
 
 def test_run_names_a_missing_reuse_file_before_it_fits(scored, tmp_path, capsys):

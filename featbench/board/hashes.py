@@ -128,9 +128,10 @@ class TaskHashes:
         first = differ[0]
         return (f"task hashes: {len(differ)} of {len(built)} built tasks differ from the leaderboard's {HASHES_FILE} "
                 f"(e.g. {first}: {built[first][:12]} here, {self.entries[first]['sha256'][:12]} there); results "
-                "scored on these data are left out of that leaderboard. The stored features depend on the "
-                "machine that extracts them: score on the suite's published data (README, \"Task hashes can "
-                "depend on the machine\")")
+                "scored on these data are left out of that leaderboard. Features computed in float32 depend on "
+                "the machine that extracts them: score on the suite's published data (README, \"Task hashes can "
+                "depend on the machine\"); a suite that computes a backbone in float64 (its precision) does not "
+                "have this problem")
 
     def to_json(self) -> str:
         obj = {
