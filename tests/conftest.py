@@ -82,6 +82,12 @@ def make_tiny_suite(root: Path, n_images: int = 6, **overrides) -> fb.Suite:
     return fb.load_suite(path)
 
 
+def with_precision(suite: fb.Suite, precision: dict, path: Path) -> fb.Suite:
+    """`suite` with a ``precision:`` key, written to `path` and loaded from it."""
+    path.write_text(yaml.safe_dump({**suite.to_yaml_dict(), "precision": precision}))
+    return fb.load_suite(path)
+
+
 @pytest.fixture(scope="module")
 def tiny_suite(tmp_path_factory):
     """The tiny suite over 8 made-up images, built in a cache of its own; FEATBENCH_CACHE points

@@ -11,13 +11,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import featbench as fb
 from featbench.core.errors import FeatbenchError
 from featbench.core.hashing import sha256_file
 from featbench.data.storage import column_array, variant_refs
-from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite
+from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite, with_precision
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device (CI has none; run these on a GPU machine)")
@@ -92,9 +91,7 @@ def test_a_float64_cuda_build_has_the_cpu_builds_bytes(tmp_path, private_cache):
     """A suite whose backbones compute in float64 (its ``precision``) stores the same float16
     bytes from a GPU as from a CPU, so a GPU build of it gives the ledger's task hashes."""
     plain = make_tiny_suite(tmp_path)
-    path = tmp_path / "f64.yaml"
-    path.write_text(yaml.safe_dump({**plain.to_yaml_dict(), "precision": {TINY_CNN: "float64", TINY_VIT: "float64"}}))
-    suite = fb.load_suite(path)
+    suite = with_precision(plain, {TINY_CNN: "float64", TINY_VIT: "float64"}, tmp_path / "f64.yaml")
     fb.build_suite(suite, batch_size=4, progress=False)
     cpu = _arrow_hashes(suite)
     shutil.rmtree(private_cache / "datasets")

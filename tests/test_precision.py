@@ -11,24 +11,18 @@ import sys
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import featbench as fb
 from featbench.core.errors import FeatbenchError
 from featbench.data.storage import column_array, load_variant, variant_refs
 
-from .conftest import TINY_CNN, TINY_VIT, make_tiny_suite
-
-
-def _with_precision(suite: fb.Suite, precision: dict, path) -> fb.Suite:
-    path.write_text(yaml.safe_dump({**suite.to_yaml_dict(), "precision": precision}))
-    return fb.load_suite(path)
+from .conftest import TINY_CNN, TINY_VIT, make_tiny_suite, with_precision
 
 
 def test_precision_is_hashed_only_where_given(tmp_path):
     plain = make_tiny_suite(tmp_path)
-    f32 = _with_precision(plain, {TINY_VIT: "float32"}, tmp_path / "f32.yaml")
-    f64 = _with_precision(plain, {TINY_VIT: "float64"}, tmp_path / "f64.yaml")
+    f32 = with_precision(plain, {TINY_VIT: "float32"}, tmp_path / "f32.yaml")
+    f64 = with_precision(plain, {TINY_VIT: "float64"}, tmp_path / "f64.yaml")
     assert "precision" not in plain.spec_dict() and f64.spec_dict()["precision"] == {TINY_VIT: "float64"}
     # float32 is the default: naming it changes nothing, so existing suites keep their hashes.
     assert f32.spec_sha256() == plain.spec_sha256() != f64.spec_sha256()
@@ -47,7 +41,7 @@ def test_a_bad_precision_is_named(tmp_path, bad, message):
 
 def test_a_float64_suite_stores_the_float64_maps_rounded_once(tmp_path, private_cache):
     plain = make_tiny_suite(tmp_path, tracks=["map"], manipulations=["rot90"])
-    f64 = _with_precision(plain, {TINY_VIT: "float64"}, tmp_path / "f64.yaml")
+    f64 = with_precision(plain, {TINY_VIT: "float64"}, tmp_path / "f64.yaml")
     for suite in (plain, f64):
         fb.build_suite(suite, batch_size=8, progress=False)
     cnn = [variant_refs(s, TINY_CNN, "blocks.1")["original"].path for s in (plain, f64)]
