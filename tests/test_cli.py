@@ -159,6 +159,10 @@ def test_build_says_whether_its_data_match_the_leaderboards_task_hashes(private_
     assert f"task hashes: 1 of 2 built tasks differ from the leaderboard's task_hashes.json (e.g. {TASK}:" in out
     assert "000000000000 there" in out and "left out of that leaderboard" in out
     assert "computes a backbone in float64 (its precision)" in out  # the way out, named
+    path.write_text(ledger.to_json().replace(suite.spec_sha256(), "1" * 64))  # a ledger for another spec
+    assert main(build) == 0  # the data built stay; the build says why it cannot compare
+    out = capsys.readouterr().out
+    assert "task hashes: not compared with the leaderboard's:" in out and "(spec 111111111111" in out
 
 
 def test_run_names_a_missing_reuse_file_before_it_fits(scored, tmp_path, capsys):
