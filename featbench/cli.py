@@ -93,7 +93,7 @@ def _cmd_build(args: argparse.Namespace) -> None:
     print(report.summary())
     ledger = default_root(built.name) / HASHES_FILE
     if ledger.is_file():
-        try:  # a suite file being edited has no ledger yet: the data built are kept all the same
+        try:  # a suite file being edited no longer matches its ledger's spec; the data built stay
             line = TaskHashes.read(built, ledger).agreement(
                 [t for t in built.tasks if not args.backbone or t.backbone in args.backbone])
         except FeatbenchError as exc:
