@@ -168,15 +168,29 @@ def test_unseeded_manipulations_ignore_seeds():
     assert torch.equal(m(x), m(x, seeds=[1, 2]))
 
 
+def pil_hue_shift(arr: np.ndarray, shift: int) -> np.ndarray:
+    """One H×W×3 uint8 image through PIL's HSV round trip with the hue shifted."""
+    hsv = np.array(Image.fromarray(arr).convert("HSV")).astype(np.int32)
+    hsv[..., 0] = (hsv[..., 0] + shift) % 256
+    return np.array(Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB"))
+
+
 def test_hue60_matches_pil():
     x = random_images(2, 24, 40)
     out = get_manipulation("hue60")(x)
     for img, got in zip(x, out):
         arr = img.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-        hsv = np.array(Image.fromarray(arr).convert("HSV")).astype(np.int32)
-        hsv[..., 0] = (hsv[..., 0] + 60) % 256
-        expected = np.array(Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB"))
-        np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), expected.astype(np.float32))
+        np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), pil_hue_shift(arr, 60).astype(np.float32))
+
+
+@pytest.mark.parametrize("shift", [60, 201])
+def test_the_hue_shift_matches_pil_on_every_colour(shift):
+    # The shift looks colours up in a table made once: every one of the 2**24 must be PIL's.
+    channel = np.arange(256, dtype=np.uint8)
+    arr = np.stack(np.meshgrid(channel, channel, channel, indexing="ij"), axis=-1).reshape(4096, 4096, 3)
+    arr = arr[::-1].copy()  # an image is not the table itself
+    got = get_manipulation("hue60", shift=shift)(to_tensor(arr))
+    np.testing.assert_array_equal(to_array(got), pil_hue_shift(arr, shift))
 
 
 def test_grayscale_matches_pil_exactly():

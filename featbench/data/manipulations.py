@@ -23,6 +23,7 @@ and seed, never on the batch.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import math
@@ -367,13 +368,31 @@ def _check_noise(p: Mapping[str, Any]) -> None:
 
 
 def _hue_shift(images: torch.Tensor, shift: int) -> torch.Tensor:
-    # PIL's own HSV round trip (not a torch re-implementation) so results match PIL exactly.
-    out = []
-    for img in to_uint8(images).permute(0, 2, 3, 1).cpu().numpy():
-        hsv = np.array(Image.fromarray(img, "RGB").convert("HSV"))
-        hsv[..., 0] = (hsv[..., 0].astype(np.int16) + shift) % 256
-        out.append(np.array(Image.fromarray(hsv, "HSV").convert("RGB")))
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(images.device, torch.float32)
+    rgb = to_uint8(images).to(torch.int32)
+    colours = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+    shifted = np.take(_hue_shift_table(shift), colours.cpu().numpy()).view(np.uint8)  # N×H×(4W)
+    rgbx = torch.from_numpy(shifted).unflatten(-1, (-1, 4))
+    return rgbx[..., :3].permute(0, 3, 1, 2).to(images.device, torch.float32)
+
+
+@functools.lru_cache(maxsize=2)
+def _hue_shift_table(shift: int) -> np.ndarray:
+    """Every 24-bit colour (index ``r << 16 | g << 8 | b``) through PIL's own HSV round trip with
+    the hue shifted, as 2**24 uint32 whose bytes are R, G, B, 0.
+
+    PIL's conversion, not a re-implementation, so results are PIL's exactly; it works pixel by
+    pixel, so a table of all colours gives the bytes that converting each image gives. Made once per
+    process (about 1 s on 2 CPU cores), it makes the shift about 5x faster than converting each
+    image. Four bytes per entry because numpy looks up whole uint32 several times faster than
+    rows of three bytes.
+    """
+    channel = np.arange(256, dtype=np.uint8)
+    colours = np.stack(np.meshgrid(channel, channel, channel, indexing="ij"), axis=-1).reshape(4096, 4096, 3)
+    hsv = np.array(Image.fromarray(colours, "RGB").convert("HSV"))
+    hsv[..., 0] += np.uint8(shift)  # uint8 arithmetic wraps at 256, as the hue does
+    table = np.zeros((2**24, 4), dtype=np.uint8)
+    table[:, :3] = np.asarray(Image.fromarray(hsv, "HSV").convert("RGB")).reshape(-1, 3)
+    return table.view(np.uint32).ravel()
 
 
 def _check_hue(p: Mapping[str, Any]) -> None:

@@ -304,6 +304,7 @@ class _Assembly:
         self.refs, self.n_rows = refs, n_rows
         self.chunks = {split: [c for c in chunks if c.split == split] for split in SPLITS}
         self.staged: set[tuple[str, str, str]] = set()  # (variant, layer, split)
+        self.hashes: dict[tuple[str, str], dict[str, str]] = {}  # sha256 of the staged files, by relative path
         self.columns: dict[tuple[str, str], list[str]] = {}
         for variant, layers in todo.items():  # a staging folder left by an interrupted build is never reused
             for layer in layers:
@@ -322,7 +323,11 @@ class _Assembly:
         ds.set_format(None, columns=ds.column_names)  # as concatenate_datasets left it: state.json reads the same
         if len(ds) != self.n_rows[split]:
             raise DataError(f"{ref.partial}: {split} has {len(ds)} rows, expected {self.n_rows[split]}")
-        ds.save_to_disk(str(self._staging(ref) / split))
+        staging = self._staging(ref)
+        ds.save_to_disk(str(staging / split))
+        # Hashed now, while the network may still be running, rather than all at the build's end.
+        self.hashes.setdefault((variant, layer), {}).update(
+            {str(p.relative_to(staging)): sha256_file(p) for p in (staging / split).glob("*.arrow")})
         self.staged.add((variant, layer, split))
         self.columns[variant, layer] = ds.column_names
 
@@ -341,7 +346,7 @@ class _Assembly:
         tmp = self._staging(ref)
         # What DatasetDict.save_to_disk writes beside its splits, which are saved one by one here.
         (tmp / datasets.config.DATASETDICT_JSON_FILENAME).write_text(json.dumps({"splits": list(SPLITS)}))
-        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*.arrow"))}
+        files = dict(sorted(self.hashes[variant, layer].items()))
         record = {"key": ref.key, "spec": ref.spec, "files": files, "rows": self.n_rows,
                   "columns": self.columns[variant, layer],
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
