@@ -382,7 +382,7 @@ def _hue_shift_table(shift: int) -> np.ndarray:
 
     PIL's conversion, not a re-implementation, so results are PIL's exactly; it works pixel by
     pixel, so a table of all colours gives the bytes that converting each image gives. Made once per
-    process (about 1 s on 2 CPU cores), it makes the shift about 5x faster than converting each
+    process (about 1 s on 2 CPU cores), it makes the shift about 3.5x faster than converting each
     image. Four bytes per entry because numpy looks up whole uint32 several times faster than
     rows of three bytes.
     """
