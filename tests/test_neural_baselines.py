@@ -193,3 +193,31 @@ def test_transformer_runs_its_whole_schedule():
     m.max_steps, m.n_checks = 40, 20
     m.fit(_data())
     assert (m.describe()["steps"], m.describe()["stopped_by"]) == (40, "converged")
+
+
+class _StuckTransformer(transformer.TransformerMapper):
+    """A first rate that cannot leave the linear start (0), a second that can."""
+
+    lr, retry_lr, max_steps = 0.0, 1e-3, 10
+
+
+def test_transformer_refits_at_its_second_rate_where_the_first_keeps_the_linear_start():
+    stuck = _StuckTransformer()
+    stuck.fit(_data())
+    d = stuck.describe()
+    assert d["retry"].startswith("lr 0 kept the linear start over 10 steps") and d["best_step"] > 0
+    assert stuck.lr == 0.0  # the second rate is the refit's only
+    direct = _StuckTransformer()  # the refit is the recipe at the second rate, from the same start
+    direct.lr, direct.retry_lr = 1e-3, None
+    direct.fit(_data())
+    assert "retry" not in direct.describe()
+    torch.testing.assert_close(stuck.predict(_data().x[:4]), direct.predict(_data().x[:4]), atol=0, rtol=0)
+
+
+def test_transformer_that_learns_at_its_first_rate_fits_once_in_half_its_budget():
+    m = transformer.TransformerMapper()
+    m.max_steps, m.lr = 10, 1e-3  # a rate that leaves the linear start on this data within 10 steps
+    m.fit(_data(budget=600.0))
+    d = m.describe()
+    assert d["best_step"] > 0 and "retry" not in d and d["steps"] == 10
+    assert m.info.time_budget_s == 300.0  # half: the other half is the second rate's

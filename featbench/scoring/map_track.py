@@ -42,7 +42,7 @@ from featbench.scoring.submission import Fitted, check_prediction, fit_and_predi
 
 # Bump when the metrics change, so cached scores are recomputed.
 SCORE_CACHE_VERSION = 1
-DESCRIBED_KEYS = ("stopped_by", "ridge", "epochs", "steps")  # recorded from a mapper's describe()
+DESCRIBED_KEYS = ("stopped_by", "ridge", "epochs", "steps", "best_step", "retry")  # recorded from a mapper's describe()
 
 
 def task_info(suite: Suite, task: Task, data: TaskData, cfg: RunConfig) -> TaskInfo:
