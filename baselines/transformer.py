@@ -43,9 +43,13 @@ thread, 720 s, test r2 at lr 1e-4 (version 6's 3e-4 in brackets): dinov2 blocks.
 mask_center_big_blue 0.868 (0.896). 5e-5 on blocks.11 rot90: 0.429; the positional embedding's
 rate ×10: no change. No one rate is best everywhere, and 3e-4 fails where it fails by never
 improving on validation, which the fit sees. So the fit runs at 3e-4 with half the budget and,
-only where its best state is still the linear start, once more from the start at ``retry_lr`` =
-1e-4 with the rest (``retry`` in its description); elsewhere it is version 6's fit. The declared
-budget doubles to 1440 s, so that each attempt has version 6's 720 s.
+where it gains less than 2 % of the linear start's validation loss (``retry_below``), once more
+from the start at ``retry_lr`` = 1e-4 with the rest, keeping the fit better on validation
+(``retry`` in its description); elsewhere it is version 6's fit. The declared budget doubles to
+1440 s, so that each fit has version 6's 720 s. Version 7 refitted only where the first fit's
+best state was the linear start itself: dinov2 blocks.11 rot90 / rot180 / rot270 went from
+linear's 0.220 / 0.205 / 0.202 to 0.453 / 0.414 / 0.443, but hflip's first fit edged past its
+start (0.445, linear 0.444) and was kept, where 1e-4 reaches 0.752; hence version 8's threshold.
 """
 
 from __future__ import annotations
@@ -112,13 +116,16 @@ class _Transformer:
 
 class TransformerMapper(_Transformer, FeatbenchRecipe):
     name = "transformer"
-    version = "7"  # 4: lr 3e-4, no dropout, 2-D sine-cosine positional start, no early stopping;
+    version = "8"  # 4: lr 3e-4, no dropout, 2-D sine-cosine positional start, no early stopping;
     # 5: FeatbenchRecipe's version 4 schedule; 6: a 720 s budget (was 300 s), its identity covering
-    # baselines.training; 7: a second fit at 1e-4 where 3e-4 keeps the linear start, 1440 s
+    # baselines.training; 7: a second fit at 1e-4 where 3e-4 keeps the linear start, 1440 s;
+    # 8: the second fit also where the first gains under 2 %, the better of the two kept
     positional = True
     time_budget_s = 1440  # two fits of 720 s, each room for the 1500-step schedule (see the module docstring)
     lr = 3e-4  # 1e-3 never beat the linear start on validation (see the module docstring)
-    retry_lr: float | None = 1e-4  # the second fit's rate, where the first kept the linear start (None: none)
+    retry_lr: float | None = 1e-4  # the second fit's rate, where the first gained little (None: no second fit)
+    retry_below = 0.02  # a second fit where the first gains less than this share of the linear start's
+    # validation loss (dinov2 blocks.11 hflip: 0.2 % at 3e-4, test r2 0.445; 1e-4 reaches 0.752)
     dropout = 0.0
     pos_init = "sincos"
     max_steps = 1500
@@ -130,22 +137,36 @@ class TransformerMapper(_Transformer, FeatbenchRecipe):
     # decays (lite0 blocks.6 rot90), so the whole schedule runs; the best validated state is kept
 
     def fit(self, train: fb.MapData) -> None:
-        """featbench's recipe at ``lr`` in half the budget; where its best validated state is still the
-        linear start (best_step 0) after some steps, the recipe again from the start at ``retry_lr``
-        in the time left, kept in its place (it starts at linear too, so it is never worse on validation)."""
+        """featbench's recipe at ``lr`` in half the budget; where it gains less than ``retry_below`` of the
+        linear start's validation loss, the recipe again from the start at ``retry_lr`` in the time
+        left, and of the two fits the one better on validation is kept."""
         start = time.perf_counter()
         budget = train.info.time_budget_s
         super().fit(replace(train, info=replace(train.info, time_budget_s=None if budget is None else budget / 2)))
-        if self.retry_lr is None or self.best_step > 0 or self.steps == 0:
+        if self.retry_lr is None or self.steps == 0:
             return
-        first = f"lr {self.lr:g} kept the linear start over {self.steps} steps; refitted at lr {self.retry_lr:g}"
+        gain = max(0.0, 1 - self.best_val_loss / self._linear_val_loss(train))  # 0, not -1e-8, at the start
+        if gain >= self.retry_below:
+            return
+        first = dict(self.__dict__)  # the refit rebinds, never mutates, what it sets
         left = None if budget is None else budget - (time.perf_counter() - start)
         lr, self.lr = self.lr, self.retry_lr
         try:
             super().fit(replace(train, info=replace(train.info, time_budget_s=left)))
         finally:
             self.lr = lr
-        self.extra["retry"] = first
+        kept = "the refit"
+        if self.best_val_loss > first["best_val_loss"]:
+            self.__dict__.update(first)
+            kept = "the first fit"
+        self.extra["retry"] = (f"lr {lr:g} gained {gain:.2%} on the linear start's validation loss over "
+                               f"{first['steps']} steps; refitted at lr {self.retry_lr:g}; kept {kept}")
+
+    def _linear_val_loss(self, train: fb.MapData) -> float:
+        """The linear start's loss on the recipe's validation images."""
+        _, val = train.split(0.05, seed=self.info.seed)
+        d = self._linear_s(self._standardise(val.x, val.x_prefix, "x")) - self._standardise(val.y, val.y_prefix, "y")
+        return float((d ** 2).mean())
 
 
 class TransformerNoPosMapper(TransformerMapper):

@@ -206,7 +206,8 @@ def test_transformer_refits_at_its_second_rate_where_the_first_keeps_the_linear_
     stuck = _StuckTransformer()
     stuck.fit(_data())
     d = stuck.describe()
-    assert d["retry"].startswith("lr 0 kept the linear start over 10 steps") and d["best_step"] > 0
+    assert d["retry"].startswith("lr 0 gained 0.00% on the linear start's validation loss over 10 steps")
+    assert d["retry"].endswith("kept the refit") and d["best_step"] > 0
     assert stuck.lr == 0.0  # the second rate is the refit's only
     direct = _StuckTransformer()  # the refit is the recipe at the second rate, from the same start
     direct.lr, direct.retry_lr = 1e-3, None
@@ -215,10 +216,22 @@ def test_transformer_refits_at_its_second_rate_where_the_first_keeps_the_linear_
     torch.testing.assert_close(stuck.predict(_data().x[:4]), direct.predict(_data().x[:4]), atol=0, rtol=0)
 
 
+def test_transformer_keeps_its_first_fit_where_the_refit_is_worse_on_validation():
+    slight = _StuckTransformer()  # a first fit that gains a little, a refit that gains nothing
+    slight.lr, slight.retry_lr = 1e-3, 0.0  # 10 steps at 1e-3 gain 0.8 % on this data
+    slight.fit(_data())
+    d = slight.describe()
+    assert d["retry"].endswith("kept the first fit") and d["best_step"] > 0
+    once = _StuckTransformer()
+    once.lr, once.retry_lr = 1e-3, None
+    once.fit(_data())
+    torch.testing.assert_close(slight.predict(_data().x[:4]), once.predict(_data().x[:4]), atol=0, rtol=0)
+
+
 def test_transformer_that_learns_at_its_first_rate_fits_once_in_half_its_budget():
     m = transformer.TransformerMapper()
-    m.max_steps, m.lr = 10, 1e-3  # a rate that leaves the linear start on this data within 10 steps
+    m.max_steps = 30  # at lr 3e-4, 30 steps gain 20 % of the linear start's validation loss on this data
     m.fit(_data(budget=600.0))
     d = m.describe()
-    assert d["best_step"] > 0 and "retry" not in d and d["steps"] == 10
+    assert d["best_step"] > 0 and "retry" not in d and d["steps"] == 30
     assert m.info.time_budget_s == 300.0  # half: the other half is the second rate's
