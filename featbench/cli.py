@@ -265,7 +265,7 @@ def _cmd_leaderboard_compare(args: argparse.Namespace) -> None:
     from featbench.data.suites import load_suite
 
     print(compare(load_suite(args.suite), args.models.split(","), args.metrics.split(","), args.root,
-                  track=args.track, use_built_data=not args.no_built_data))
+                  track=args.track, use_built_data=not args.no_built_data, intervals=args.intervals))
 
 
 def _cmd_submit_check(args: argparse.Namespace) -> None:
@@ -467,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--track", choices=["map", "invert"], default="map")
     q.add_argument("--root", help="leaderboard folder with results/ (default: leaderboard/<suite>)")
     q.add_argument("--no-built-data", action="store_true", help="as for build")
+    q.add_argument("--intervals", action="store_true",
+                   help="each mean with its interval: the mean of its tasks' 95 %% interval ends")
     q.set_defaults(func=_cmd_leaderboard_compare)
 
     p = sub.add_parser("submit-check", help="re-run a random sample of a result file's tasks and compare scores")

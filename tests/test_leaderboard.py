@@ -336,6 +336,16 @@ def test_compare_puts_models_side_by_side_per_category_and_layer(suite, tmp_path
         scored_b = [i for i in ids if i != suite.select(track="map")[0].id]  # b failed that task
         assert b == ("-" if not scored_b else f"{np.mean([1 - code[i] / 100 for i in scored_b]):.3f}")
     assert len(cells) == len({(t.category, f"{t.backbone}/{t.layer}") for t in suite.select(track="map")})
+    # With intervals, each mean carries the mean of its tasks' interval ends (the helper's are +-0.01).
+    wide = lb.compare(suite, ["a", "b"], ["r2"], root, use_built_data=False, intervals=True).splitlines()
+    for line in wide[2:]:
+        row = [c.strip() for c in line.split("|")[1:-1]]
+        for cell, plain in zip(row[2:], cells[(row[0], row[1])]):
+            if plain == "-":
+                assert cell == "-"
+                continue
+            mean, low, high = map(float, cell.replace("[", "").replace("]", "").replace(",", "").split())
+            assert f"{mean:.3f}" == plain and (low, high) == pytest.approx((mean - 0.01, mean + 0.01), abs=1e-3)
     with pytest.raises(fb.FeatbenchError, match="'nope'"):
         lb.compare(suite, ["a", "nope"], ["r2"], root, use_built_data=False)
 

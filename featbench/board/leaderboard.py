@@ -42,8 +42,8 @@ from featbench.data.suites import Suite
 from featbench.board.admission import collect
 from featbench.board.hashes import HASHES_FILE
 from featbench.board.ranking import RANK_BOOT, RANK_SEED
-from featbench.board.tables import (csv_text, fmt, layer_key, main_table, overall_table, render_markdown, summarize,
-                                   tidy_frame)
+from featbench.board.tables import (csv_text, fmt, fmt_score, layer_key, main_table, mean_score, overall_table,
+                                   render_markdown, summarize, tidy_frame)
 from featbench.scoring.summaries import CATEGORY_ORDER, TRACKS
 from featbench.core.cache import write_bytes
 
@@ -127,23 +127,26 @@ def show(suite: Suite, root: str | Path | None = None, track: str | None = None,
 
 
 def compare(suite: Suite, models: Sequence[str], metrics: Sequence[str], root: str | Path | None = None,
-            track: str = "map", use_built_data: bool = True) -> str:
+            track: str = "map", use_built_data: bool = True, intervals: bool = False) -> str:
     """A Markdown table of `models` side by side: per manipulation category and layer, the mean of
-    each of `metrics` over the tasks each model scored there (README-ready; "-" where none)."""
+    each of `metrics` over the tasks each model scored there (README-ready; "-" where none), with
+    its interval (`mean_score`) if `intervals`."""
     root = Path(root) if root is not None else default_root(suite.name)
     frame = tidy_frame(collect(suite, root, use_built_data=use_built_data).results)
     frame = frame[(frame["track"] == track) & (frame["status"] == "ok")]
     unknown = sorted(set(models) - set(frame["model"])) + sorted(set(metrics) - set(frame["metric"].dropna()))
     if unknown:
         raise FeatbenchError(f"no admitted {track}-track result has {', '.join(map(repr, unknown))}")
-    means = (frame[frame["model"].isin(models) & frame["metric"].isin(metrics)]
-             .groupby(["category", "backbone", "layer", "model", "metric"])["value"].mean())
+    groups = dict(tuple(frame[frame["model"].isin(models) & frame["metric"].isin(metrics)]
+                        .groupby(["category", "backbone", "layer", "model", "metric"])))
     layers = [(b, layer) for b, ls in suite.backbones.items() for layer in ls]
     rows = []
     for category in [c for c in CATEGORY_ORDER if c in set(frame["category"])]:
         for backbone, layer in layers:
-            cells = [means.get((category, backbone, layer, m, metric)) for metric in metrics for m in models]
+            cells = [groups.get((category, backbone, layer, m, metric)) for metric in metrics for m in models]
             if any(c is not None for c in cells):
-                rows.append([category, layer_key(backbone, layer), *(fmt(c) for c in cells)])
+                scores = [None if c is None else mean_score(c) for c in cells]
+                shown = [fmt_score(s) if intervals else fmt(None if s is None else s["value"]) for s in scores]
+                rows.append([category, layer_key(backbone, layer), *shown])
     headers = ["category", "layer", *(f"{m} {metric}" for metric in metrics for m in models)]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)

@@ -74,7 +74,10 @@ def _num(x: Any) -> float | None:
     return None if math.isnan(x) else x
 
 
-def _mean_score(part: pd.DataFrame) -> dict[str, Any]:
+def mean_score(part: pd.DataFrame) -> dict[str, Any]:
+    """A mean over tasks and its interval: the mean of the tasks' 95 % interval ends. The tasks share
+    their test images, so their errors move together; where they do not, this is the wider (under a
+    normal approximation, the sd of a mean is at most the mean of the sds)."""
     return {"value": _num(part["value"].mean()), "ci_low": _num(part["ci_low"].mean()),
             "ci_high": _num(part["ci_high"].mean()), "n_tasks": int(part["value"].notna().sum())}
 
@@ -134,8 +137,8 @@ def summarize_track(suite: Suite, frame: pd.DataFrame, results: dict[str, dict[s
             "mean_rank": {"value": _num(rank[i]), "ci_low": _num(low[i]), "ci_high": _num(high[i])},
             "fit_s_mean": _num(ok_tasks["fit_s"].mean()), "predict_per_s_mean": _num(ok_tasks["predict_per_s"].mean()),
             "budget_stops": budget_stops(rec),
-            "overall": {m: _mean_score(scored[scored["metric"] == m]) for m in metrics},
-            "categories": {c: {m: _mean_score(scored[(scored["category"] == c) & (scored["metric"] == m)])
+            "overall": {m: mean_score(scored[scored["metric"] == m]) for m in metrics},
+            "categories": {c: {m: mean_score(scored[(scored["category"] == c) & (scored["metric"] == m)])
                                for m in metrics} for c in categories},
             "layers": {},
             "layer_tasks_ok": {},
@@ -143,7 +146,7 @@ def summarize_track(suite: Suite, frame: pd.DataFrame, results: dict[str, dict[s
         for key in layers:
             backbone, layer = key.split("/", 1)
             at = scored[(scored["backbone"] == backbone) & (scored["layer"] == layer)]
-            entry["layers"][key] = {m: _mean_score(at[at["metric"] == m]) for m in metrics}
+            entry["layers"][key] = {m: mean_score(at[at["metric"] == m]) for m in metrics}
             entry["layer_tasks_ok"][key] = int(((ok_tasks["backbone"] == backbone) & (ok_tasks["layer"] == layer)).sum())
         entries.append(entry)
     entries.sort(key=lambda e: (math.inf if e["mean_rank"]["value"] is None else e["mean_rank"]["value"], e["model"]))
