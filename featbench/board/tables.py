@@ -76,8 +76,8 @@ def _num(x: Any) -> float | None:
 
 def mean_score(part: pd.DataFrame) -> dict[str, Any]:
     """A mean over tasks and its interval: the mean of the tasks' 95 % interval ends. The tasks share
-    their test images, so their errors move together; where they do not, this is the wider (under a
-    normal approximation, the sd of a mean is at most the mean of the sds)."""
+    their test images, so their errors move together; where they do not, this interval is wider than
+    a joint bootstrap's (under a normal approximation, the sd of a mean is at most the mean of the sds)."""
     return {"value": _num(part["value"].mean()), "ci_low": _num(part["ci_low"].mean()),
             "ci_high": _num(part["ci_high"].mean()), "n_tasks": int(part["value"].notna().sum())}
 
