@@ -40,10 +40,9 @@ import torch
 import yaml
 from tabulate import tabulate
 from torch import nn
-from torch._inductor import config as inductor_config
 
 import featbench as fb
-from featbench.zoo.backbones import model_stages
+from featbench.zoo.backbones import compile_module, model_stages
 from featbench.data.images import folder_source, seed_for, split_by_name, views
 from featbench.core.paths import cache_dir
 from featbench.data.storage import keep_freed_memory
@@ -132,18 +131,6 @@ def trunk(bb: fb.Backbone, layers: list[str], channels_last: bool) -> nn.Module:
     stages = model_stages(model)
     deepest = max(i for i, (name, _) in enumerate(stages) if name in layers)
     return nn.Sequential(*[s for _, s in stages[:deepest + 1]]).eval()
-
-
-def compiled(module: nn.Module, freezing: bool) -> Callable:
-    """``torch.compile``d `module`; dynamo reads inductor's freezing flag when it traces (the first
-    call), so the flag is set around the calls rather than passed to compile."""
-    fn = torch.compile(module)
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with inductor_config.patch(freezing=freezing):
-            return fn(x)
-
-    return run
 
 
 def forward_timer(fn: Callable, batches: list[torch.Tensor], n_rows: int, channels_last: bool,
@@ -258,10 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.backbone} on {bb.device} {' '.join(args.layers)}; {n} images × {1 + len(suite.manipulations)} variants; "
               f"batch {args.batch_size}; featbench warm-up (load + compile) {warm_up(args, bb, work, assets_from):.0f} s")
         batches, n_rows = reference_batches(bb, suite, images, args.batch_size)
-        frozen = forward_timer(compiled(trunk(bb, args.layers, True), freezing=True), batches, n_rows, True, bb.device)
+        frozen = forward_timer(compile_module(trunk(bb, args.layers, True), freezing=True), batches, n_rows, True, bb.device)
         runs = {
             NAIVE: forward_timer(trunk(bb, args.layers, False), batches, n_rows, False, bb.device),
-            COMPILED: forward_timer(compiled(trunk(bb, args.layers, True), freezing=False), batches, n_rows, True,
+            COMPILED: forward_timer(compile_module(trunk(bb, args.layers, True), freezing=False), batches, n_rows, True,
                                     bb.device),
             FROZEN: frozen,
             FROZEN_KEPT: keeping_freed_memory(frozen),

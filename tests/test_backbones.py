@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import skimage.data
 import timm
@@ -14,7 +16,7 @@ from featbench.cli import main
 from featbench.core.errors import AssetError, FeatbenchError
 from featbench.core.hashing import sha256_tensors
 from featbench.zoo import assets
-from featbench.zoo.backbones import BACKBONES
+from featbench.zoo.backbones import BACKBONES, compile_module
 from featbench.data.images import folder_source
 from tests.conftest import TINY_CNN, TINY_VIT, make_tiny_suite, require_shared_images
 
@@ -110,6 +112,29 @@ def test_real_backbone_compiled_features_match_eager(real):
     layer = list(real.layers)[-1]
     torch.testing.assert_close(compiled.features(x, [layer])[layer], real.features(x, [layer])[layer],
                                atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", [TINY_CNN, TINY_VIT])
+def test_a_rows_maps_do_not_depend_on_the_rows_beside_it_in_its_batch(name):
+    _assert_rows_independent(fb.load_backbone(name))
+
+
+def test_a_real_rows_maps_do_not_depend_on_the_rows_beside_it_in_its_batch(real):
+    _assert_rows_independent(real)
+
+
+def _assert_rows_independent(bb: fb.Backbone) -> None:
+    # Builds fill fixed-size batches with rows of several variants and chunks, so the bytes stored
+    # (and the task hashes) hold only if each row's maps are those of its own pixels, bit for bit.
+    torch.manual_seed(0)
+    crop = bb.spec.preprocessing.crop
+    x = torch.randn(8, 3, crop, crop)
+    layers = list(bb.layers)
+    a, b = bb.features(x[:5], layers), bb.features(x[3:], layers)
+    for layer in layers:
+        assert torch.equal(a[layer][3:], b[layer][:2]), layer
+        if bb.num_prefix_tokens:
+            assert torch.equal(a[layer].prefix[3:], b[layer].prefix[:2]), layer
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "squeezenet1_1"])
@@ -237,3 +262,19 @@ def test_backbones_command_lists_layers_sources_and_weights_at_hand(squeezenet_s
     convnext = _listing(capsys, "convnext_base_288")
     assert "hub: timm/convnext_base.fb_in22k_ft_in1k" in convnext and "--weights convnext_base_288=PATH" in convnext
     assert "stages.3 1024×9×9" in convnext
+
+
+def test_a_compiled_module_is_frozen_whatever_was_compiled_before_it():
+    # Dynamo keeps compiled code by code object: without a code object of its own, a module
+    # compiled after one of the same class was compiled plainly got the plain code, not frozen.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU()).eval()
+    net[1].running_mean.uniform_(-1, 1)
+    net[1].running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.inference_mode():
+        first = compile_module(copy.deepcopy(net))(x)
+        plain = compile_module(copy.deepcopy(net), freezing=False)(x)
+        later = compile_module(copy.deepcopy(net))(x)
+    assert not torch.equal(first, plain)  # freezing folds the batch norm into the convolution
+    assert torch.equal(later, first)

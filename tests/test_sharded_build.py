@@ -22,10 +22,13 @@ pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("sharded_build.py")
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 SHARDS_PER_BUILD = 12 * 3  # 12 datasets × 3 chunks (two of train images, one of test)
+# Chunks of 2 images (5 // 2 views), so batches of 5 rows straddle variants and chunks, and each
+# rank's batches hold other rows than one process's: the bytes must not depend on it.
+BATCH_SIZE = "5"
 
 
 def _build_args(suite: fb.Suite) -> list[str]:
-    return ["build", "--suite", str(suite.path), "--no-compile", "--batch-size", "4"]
+    return ["build", "--suite", str(suite.path), "--no-compile", "--batch-size", BATCH_SIZE]
 
 
 def _env(cache: Path, **extra: str) -> dict[str, str]:
@@ -86,7 +89,7 @@ def one_process(suite, tmp_path_factory) -> Path:
         mp.setenv("FEATBENCH_CACHE", str(cache))
         torch.set_num_threads(1)
         try:
-            fb.build_suite(suite, batch_size=4, progress=False)
+            fb.build_suite(suite, batch_size=int(BATCH_SIZE), progress=False)
         finally:
             torch.set_num_threads(threads)
     return cache

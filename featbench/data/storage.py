@@ -26,10 +26,11 @@ import os
 import platform
 import shutil
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import datasets
 import numpy as np
@@ -52,6 +53,7 @@ from featbench.core.paths import cache_dir
 from featbench.data.suites import ORIGINAL, Suite, Task
 
 SPLITS = ("train", "test")
+T = TypeVar("T")
 RECORD = "featbench.json"
 
 
@@ -180,49 +182,68 @@ def _chunks(splits: dict[str, list[ImageRecord]], images_per_chunk: int) -> list
     return out
 
 
-def _input_batches(bb: Backbone, pieces: Iterable[torch.Tensor], batch_size: int
-                   ) -> Iterator[tuple[torch.Tensor, int]]:
-    """The pieces' pixels, normalised, in order, as batches of exactly `batch_size` rows with their
-    count of real rows.
+def _input_batches(bb: Backbone, pieces: Iterable[tuple[T, torch.Tensor]], batch_size: int
+                   ) -> Iterator[tuple[torch.Tensor, list[tuple[T, int]]]]:
+    """The pieces' pixels, normalised, in order, as batches of exactly `batch_size` rows, each with
+    its real rows by piece: [(tag, rows), ...] for the (tag, pixels) pieces it holds.
 
-    Batches span piece boundaries, so only the very last one is padded (with zeros): a compiled
-    extractor sees one shape, and little of its work is padding. Pixels are normalised straight
-    into each batch, in the network's layout; each batch is a fresh tensor, since batches are
-    made ahead of their use (freed memory is kept for reuse during builds: allocating is cheap).
+    Batches span piece boundaries (variants and chunks alike), so only the very last one is padded
+    (with zeros): a compiled extractor sees one shape, and none of its work but the last batch's is
+    padding. A row's map does not depend on the rows beside it in its batch (checked bit for bit
+    by tests/test_storage.py), so the bytes stored do not depend on the batching. Pixels are
+    normalised straight into each batch, in the network's layout; each batch is a fresh tensor,
+    since batches are made ahead of their use (freed memory is kept for reuse during builds:
+    allocating is cheap).
     """
     batch: torch.Tensor | None = None
+    spans: list[tuple[T, int]] = []
     filled = 0
-    for piece in pieces:
+    for tag, piece in pieces:
         start = 0
         while start < len(piece):
             if batch is None:
                 batch = torch.empty(batch_size, *piece.shape[1:], memory_format=bb.input_memory_format)
             take = min(batch_size - filled, len(piece) - start)
             bb.normalize(piece[start:start + take], out=batch[filled:filled + take])
+            spans.append((tag, take))
             filled, start = filled + take, start + take
             if filled == batch_size:
-                yield batch, batch_size
-                batch, filled = None, 0
+                yield batch, spans
+                batch, spans, filled = None, [], 0
     if filled:
         batch[filled:] = 0
-        yield batch, filled
+        yield batch, spans
 
 
-def _batched_features(bb: Backbone, batches: Iterable[tuple[torch.Tensor, int]], layers: list[str]) -> dict[str, tuple]:
-    """float16 features {layer: (maps, prefixes or None)} of the real rows of `_input_batches`, in order."""
-    outs: dict[str, list] = {layer: [] for layer in layers}
-    for xb, n in batches:
-        feats = bb.features(xb, layers, dtype=torch.float16)
-        for layer in layers:
+@dataclass
+class _Segment:
+    """The rows of one variant of one chunk on their way through the network: their maps are
+    gathered batch by batch, and written as the chunk's shards of that variant once complete."""
+
+    chunk: Chunk
+    variant: str
+    layers: list[str]
+    rows: "Decoded"
+    parts: dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]] = field(default_factory=dict)
+    missing: int = -1
+
+    def __post_init__(self) -> None:
+        self.missing = len(self.rows.ids)
+
+    def add(self, feats: dict[str, torch.Tensor], start: int, n: int) -> None:
+        """Rows start..start+n of a batch's maps `feats` ({layer: maps, ViT maps with .prefix})."""
+        for layer in self.layers:
             f = feats[layer]
             prefix = getattr(f, "prefix", None)
-            outs[layer].append((f[:n], None if prefix is None else prefix[:n]))
-    result = {}
-    for layer, parts in outs.items():
-        maps = torch.cat([p[0] for p in parts])
-        prefixes = None if parts[0][1] is None else torch.cat([p[1] for p in parts])
-        result[layer] = (maps, prefixes)
-    return result
+            self.parts.setdefault(layer, []).append(
+                (f[start:start + n], None if prefix is None else prefix[start:start + n]))
+        self.missing -= n
+
+    def maps(self, layer: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The segment's maps of `layer` and their prefixes (None for CNNs), float16, rows in order."""
+        parts = self.parts[layer]
+        return (torch.cat([m for m, _ in parts]),
+                None if parts[0][1] is None else torch.cat([p for _, p in parts]))
 
 
 def _write_shard(path: Path, schema: Features, ids: list[str], view_ix: list[int], labels: list[int],
@@ -525,9 +546,10 @@ def _build_backbone(suite: Suite, source: ImageSource, bb: Backbone, refs: dict[
     """Write the shards of `chunks` that `todo` ({variant: layers}) lacks.
 
     Three stages overlap: a background thread decodes, manipulates and normalises the next input
-    batches while this one runs the network, and another writes the last chunk's shards (and
-    hands each split whose shards are complete to `assembly`). Measured on 2 shared cores
-    (benchmarks/extraction_throughput.py), each overlap made the build faster.
+    batches while this one runs the network, and another writes each variant's shard of a chunk
+    as soon as its last row is through the network (and hands each split whose shards are complete
+    to `assembly`), so that little is left to write after the last batch. Measured on 2 shared
+    cores (benchmarks/extraction_throughput.py), each overlap made the build faster.
     """
     manipulations = {variant_name(m): m for m in suite.variants()}
     schemas = {}
@@ -540,63 +562,57 @@ def _build_backbone(suite: Suite, source: ImageSource, bb: Backbone, refs: dict[
                    for v, ls in todo.items()}
         if any(pending.values()):
             work.append((chunk, {v: ls for v, ls in pending.items() if ls}))
+    # One stream of batches for every pending variant of every chunk: the union of their layers is
+    # extracted throughout (the same layers, except after an interruption), and each keeps its own.
+    layers = sorted({layer for _, pending in work for ls in pending.values() for layer in ls}, key=list(refs).index)
 
-    def write(chunk: Chunk, pending: dict[str, list[str]], rows: Decoded, feats: dict[str, tuple]) -> None:
-        n = len(rows.ids)
-        for i, (variant, variant_layers) in enumerate(pending.items()):
-            for layer in variant_layers:
-                maps, prefixes = feats[layer]
-                _write_shard(refs[layer][variant].partial / chunk.shard, schemas[layer], rows.ids, rows.view_ix,
-                             rows.labels, maps[i * n:(i + 1) * n],
-                             None if prefixes is None else prefixes[i * n:(i + 1) * n])
-                if assembly is not None:
-                    assembly.split_written(variant, layer, chunk.split)
+    def write(segment: _Segment) -> None:
+        rows = segment.rows
+        for layer in segment.layers:
+            maps, prefixes = segment.maps(layer)
+            _write_shard(refs[layer][segment.variant].partial / segment.chunk.shard, schemas[layer], rows.ids,
+                         rows.view_ix, rows.labels, maps, prefixes)
+            if assembly is not None:
+                assembly.split_written(segment.variant, layer, segment.chunk.split)
 
-    inputs = _by_chunk(prefetched(_chunk_inputs(suite, source, bb, work, manipulations, batch_size),
-                                  _BATCHES_AHEAD, name="featbench-decode"))
-    bar = tqdm(total=len(work), desc=f"build {bb.name}", unit="chunk", disable=not progress)
+    batches = prefetched(_input_batches(bb, _segment_pixels(suite, source, bb, work, manipulations), batch_size),
+                         _BATCHES_AHEAD, name="featbench-decode")
+    bar = tqdm(total=sum(len(c.records) * suite.views[c.split] * len(p) for c, p in work),
+               desc=f"build {bb.name}", unit="map", disable=not progress)
     with ThreadPoolExecutor(1, thread_name_prefix="featbench-write") as writer:
-        written: Future | None = None
-        for chunk, pending, rows, batches in inputs:
-            # One stream of batches for all pending variants: the union of their layers is extracted
-            # for each (the same layers, except after an interruption), and each keeps its own.
-            layers = sorted({layer for ls in pending.values() for layer in ls}, key=list(refs).index)
-            feats = _batched_features(bb, batches, layers)
-            if written is not None:
-                written.result()  # one chunk's writes in flight at most; their errors are raised here
-            written = writer.submit(write, chunk, pending, rows, feats)
-            bar.update()
-        if written is not None:
-            written.result()
+        written: deque[Future] = deque()
+        for xb, spans in batches:
+            feats = bb.features(xb, layers, dtype=torch.float16)
+            start = 0
+            for segment, n in spans:
+                segment.add(feats, start, n)
+                start += n
+                if segment.missing == 0:
+                    written.append(writer.submit(write, segment))
+                    if len(written) > _WRITES_AHEAD:
+                        written.popleft().result()  # errors of a write are raised here
+            bar.update(start)
+        for future in written:
+            future.result()
     bar.close()
 
 
 _ASSEMBLERS = _DECODERS = 2  # threads that save datasets, and that decode a chunk's images
 _BATCHES_AHEAD = 4  # input batches made ahead: enough to cover the decoding at a chunk's start
-_CHUNK_END = object()
+# Segments whose writes may wait behind the one being written: when a split is saved, its write
+# takes several batches' time, which the network does not wait for.
+_WRITES_AHEAD = 16
 
 
-def _chunk_inputs(suite: Suite, source: ImageSource, bb: Backbone, work: list[tuple[Chunk, dict[str, list[str]]]],
-                  manipulations: dict[str, Manipulation | None], batch_size: int) -> Iterator:
-    """For each (chunk, pending variants) of `work`: (chunk, pending, decoded rows), its input
-    batches (see `_input_batches`), then `_CHUNK_END`."""
+def _segment_pixels(suite: Suite, source: ImageSource, bb: Backbone, work: list[tuple[Chunk, dict[str, list[str]]]],
+                    manipulations: dict[str, Manipulation | None]) -> Iterator[tuple[_Segment, torch.Tensor]]:
+    """(segment, its pixels) for each pending variant of each chunk of `work`, in order; a chunk's
+    images are decoded once, and each variant's pixels made only when the batching reaches them."""
     for chunk, pending in work:
         rows = decode_chunk(suite, source, bb, chunk)
-        yield chunk, pending, rows
-        yield from _input_batches(bb, variant_pixels(suite, rows, [manipulations[v] for v in pending]), batch_size)
-        yield _CHUNK_END
-
-
-def _by_chunk(items: Iterator) -> Iterator[tuple[Chunk, dict[str, list[str]], Decoded, Iterator]]:
-    """`_chunk_inputs` regrouped: (chunk, pending, rows, its batches); use up the batches before the next."""
-    def batches() -> Iterator[tuple[torch.Tensor, int]]:
-        for item in items:
-            if item is _CHUNK_END:
-                return
-            yield item
-
-    for chunk, pending, rows in items:
-        yield chunk, pending, rows, batches()
+        variants = list(pending)
+        for variant, pixels in zip(variants, variant_pixels(suite, rows, [manipulations[v] for v in variants])):
+            yield _Segment(chunk, variant, pending[variant], rows), pixels
 
 
 # ----------------------------------------------------------------------------------------------
