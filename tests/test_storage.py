@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from datasets.arrow_writer import ArrowWriter
 
 import featbench as fb
 from featbench.data import storage
@@ -85,6 +86,24 @@ def test_second_build_reuses_everything(suite):
     _build(suite)
     _, report = _build(suite)
     assert report.built == [] and len(report.reused) == 12
+
+
+@pytest.mark.parametrize("shape, prefix_shape", [((24, 16, 16), None), ((64, 4, 4), (64, 1))])
+def test_a_shard_has_the_bytes_of_datasets_own_writer(tmp_path, shape, prefix_shape):
+    features = storage._features_schema(shape, prefix_shape)
+    n = 5
+    maps = torch.randn(n, *shape).half()
+    prefixes = torch.randn(n, *prefix_shape).half() if prefix_shape else None
+    rows = {"image_id": [f"img{i}" for i in range(n)], "view": [0, 1] * 2 + [0], "label": list(range(n))}
+    batch = {**rows, "features": maps.numpy()}
+    if prefixes is not None:
+        batch["prefix"] = prefixes.numpy()
+    with ArrowWriter(features=features, path=str(tmp_path / "datasets.arrow")) as writer:
+        writer.write_batch(batch)
+        writer.finalize()
+    storage._write_shard(tmp_path / "featbench.arrow", features.arrow_schema, rows["image_id"], rows["view"],
+                         rows["label"], maps, prefixes)
+    assert (tmp_path / "featbench.arrow").read_bytes() == (tmp_path / "datasets.arrow").read_bytes()
 
 
 def _build_interrupted_after(suite, monkeypatch, n_writes: int) -> None:
