@@ -10,6 +10,9 @@ image decoded once, all its variants derived from it), forward only:
 - fastest: channels_last and ``torch.compile``; then also with inductor's ``freezing`` (batch
   norms folded, weights prepacked), and with freed memory kept in the process as featbench's
   builds keep it (`featbench.data.storage.keep_freed_memory`). The fastest of the three counts.
+  Each is compiled with its own copy of the forward's code (`featbench.zoo.backbones.compile_module`):
+  before 2026-12-07 the frozen ones were compiled after the plain one, got its code, and so were
+  never frozen; the ratios this script printed until then were against a plain compile.
 
 The unit is one feature-map set of one image variant (one image through one forward pass), so
 N images and 12 manipulations give 13·N units. Targets: featbench ≥ 2.0× naive and ≥ 0.9× fastest.
