@@ -53,8 +53,8 @@ from featbench.core.paths import cache_dir
 from featbench.data.suites import ORIGINAL, Suite, Task
 
 SPLITS = ("train", "test")
-T = TypeVar("T")
 RECORD = "featbench.json"
+T = TypeVar("T")
 
 
 def variant_name(manipulation: Manipulation | None) -> str:
@@ -190,7 +190,8 @@ def _input_batches(bb: Backbone, pieces: Iterable[tuple[T, torch.Tensor]], batch
     Batches span piece boundaries (variants and chunks alike), so only the very last one is padded
     (with zeros): a compiled extractor sees one shape, and none of its work but the last batch's is
     padding. A row's map does not depend on the rows beside it in its batch (checked bit for bit
-    by tests/test_storage.py), so the bytes stored do not depend on the batching. Pixels are
+    by tests/test_backbones.py and tests/test_sharded_build.py), so the bytes stored do not depend
+    on the batching. Pixels are
     normalised straight into each batch, in the network's layout; each batch is a fresh tensor,
     since batches are made ahead of their use (freed memory is kept for reuse during builds:
     allocating is cheap).
@@ -223,9 +224,9 @@ class _Segment:
     chunk: Chunk
     variant: str
     layers: list[str]
-    rows: "Decoded"
+    rows: Decoded
     parts: dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]] = field(default_factory=dict)
-    missing: int = -1
+    missing: int = field(init=False)  # rows not through the network yet
 
     def __post_init__(self) -> None:
         self.missing = len(self.rows.ids)
