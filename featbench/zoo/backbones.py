@@ -270,9 +270,9 @@ def compile_module(module: nn.Module, freezing: bool = True) -> Callable:
     prepacked for oneDNN.
 
     Each module gets a copy of its class's ``forward`` code to compile. Dynamo keeps compiled code
-    by code object, so a second module of the same class would be traced as a recompile of the
-    first, its parameters as graph inputs that freezing leaves alone: no weight is folded, silently
-    (seen on efficientnet_lite0: the maps of a plain compile, about 20 % slower).
+    by code object: a module compiled with freezing after another of its class had been compiled
+    without it got the plain code, silently (seen on efficientnet_lite0: bit for bit the plain
+    compile's maps, about 20 % slower).
     """
     forward = type(module).forward
     own = types.FunctionType(forward.__code__.replace(), forward.__globals__, forward.__name__,
