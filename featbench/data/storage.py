@@ -38,6 +38,7 @@ import pyarrow as pa
 import torch
 from PIL import Image
 from datasets import Array2D, Array3D, DatasetDict, Features, Value
+from datasets.features.features import numpy_to_pyarrow_listarray
 from datasets.table import MemoryMappedTable, concat_tables
 from tqdm.auto import tqdm
 
@@ -191,10 +192,9 @@ def _input_batches(bb: Backbone, pieces: Iterable[tuple[T, torch.Tensor]], batch
     (with zeros): a compiled extractor sees one shape, and none of its work but the last batch's is
     padding. A row's map does not depend on the rows beside it in its batch (checked bit for bit
     by tests/test_backbones.py and tests/test_sharded_build.py), so the bytes stored do not depend
-    on the batching. Pixels are
-    normalised straight into each batch, in the network's layout; each batch is a fresh tensor,
-    since batches are made ahead of their use (freed memory is kept for reuse during builds:
-    allocating is cheap).
+    on the batching. Pixels are normalised straight into each batch, in the network's layout; each
+    batch is a fresh tensor, since batches are made ahead of their use (freed memory is kept for
+    reuse during builds: allocating is cheap).
     """
     batch: torch.Tensor | None = None
     spans: list[tuple[T, int]] = []
@@ -255,10 +255,11 @@ def _write_shard(path: Path, schema: pa.Schema, ids: list[str], view_ix: list[in
     of `_features_schema`; tests/test_storage.py compares them), written straight with pyarrow: the
     ``ArrowWriter`` spent two thirds of a shard's time on its per-file set-up.
     """
-    columns = [pa.array(ids, pa.string()), pa.array(view_ix, pa.int16()), pa.array(labels, pa.int32()),
-               _array_column(maps, schema.field("features").type)]
-    if prefixes is not None:
-        columns.append(_array_column(prefixes, schema.field("prefix").type))
+    columns = [pa.array(ids, pa.string()), pa.array(view_ix, pa.int16()), pa.array(labels, pa.int32())]
+    for name, array in (("features", maps), ("prefix", prefixes)):
+        if array is not None:  # ArrayND columns: the extension type over datasets' nested lists
+            columns.append(pa.ExtensionArray.from_storage(schema.field(name).type,
+                                                          numpy_to_pyarrow_listarray(array.numpy())))
     table = pa.Table.from_arrays(columns, schema=schema)
 
     def write(tmp: str) -> None:
@@ -266,18 +267,6 @@ def _write_shard(path: Path, schema: pa.Schema, ids: list[str], view_ix: list[in
             writer.write_table(table, datasets.config.DEFAULT_MAX_BATCH_SIZE)
 
     atomic_write(path, write)
-
-
-def _array_column(array: torch.Tensor, type: pa.ExtensionType) -> pa.ExtensionArray:
-    """An N×... tensor as a column of datasets' ArrayND `type`: nested lists over its flat values,
-    as ``datasets.features.numpy_to_pyarrow_listarray`` builds them, without its copies."""
-    a = array.numpy()
-    values = pa.array(a.reshape(-1))
-    for depth in range(a.ndim - 1, 0, -1):  # the innermost lists first
-        step = a.shape[depth]
-        offsets = np.arange(int(np.prod(a.shape[:depth])) + 1, dtype=np.int32) * step
-        values = pa.ListArray.from_arrays(pa.array(offsets), values)
-    return pa.ExtensionArray.from_storage(type, values)
 
 
 @contextlib.contextmanager
