@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 import yaml
 from PIL import Image
+import datasets
 from datasets.arrow_writer import ArrowWriter
+from datasets.table import MemoryMappedTable, concat_tables
 
 import featbench as fb
 from featbench.data import storage
@@ -105,6 +109,41 @@ def test_a_shard_has_the_bytes_of_datasets_own_writer(tmp_path, shape, prefix_sh
                          rows["label"], maps, prefixes)
     assert (tmp_path / "featbench.arrow").read_bytes() == (tmp_path / "datasets.arrow").read_bytes()
 
+
+
+@pytest.mark.parametrize("shape, prefix_shape", [((24, 16, 16), None), ((64, 4, 4), (64, 1))])
+@pytest.mark.parametrize("limits", [{}, {"MAX_ROW_GROUP_SIZE": "10KB", "MAX_SHARD_SIZE": "20KB"}],
+                         ids=["one-file", "several-files-and-batches"])
+def test_a_saved_split_has_the_bytes_of_datasets_save_to_disk(tmp_path, monkeypatch, shape, prefix_shape, limits):
+    for name, value in limits.items():  # small limits: files and record batches are split as a big split's are
+        monkeypatch.setattr(datasets.config, name, value)
+    features = storage._features_schema(shape, prefix_shape)
+    for s, n in enumerate([7, 6]):  # two shards, as a build writes them
+        maps = torch.randn(n, *shape).half()
+        prefixes = torch.randn(n, *prefix_shape).half() if prefix_shape else None
+        storage._write_shard(tmp_path / f"shard{s}.arrow", features.arrow_schema, [f"img{s}-{i}" for i in range(n)],
+                             [i % 2 for i in range(n)], list(range(n)), maps, prefixes)
+    table = concat_tables([MemoryMappedTable.from_file(str(tmp_path / f"shard{s}.arrow")) for s in range(2)])
+    ds = datasets.Dataset(table, fingerprint="0123456789abcdef-train")
+    ds.set_format(None, columns=ds.column_names)
+    ds.save_to_disk(str(tmp_path / "datasets"))
+    files = storage.save_table(table.table, "0123456789abcdef-train", tmp_path / "featbench")
+
+    ours, theirs = tmp_path / "featbench", tmp_path / "datasets"
+    names = sorted(p.name for p in theirs.iterdir())
+    assert sorted(p.name for p in ours.iterdir()) == names
+    assert [p.name for p in files] == [name for name in names if name.endswith(".arrow")]
+    for name in names:
+        if name != "state.json":
+            assert (ours / name).read_bytes() == (theirs / name).read_bytes(), name
+    # The state is save_to_disk's but for the fingerprint: the one given, where set_format had made another.
+    state, expected = json.loads((ours / "state.json").read_text()), json.loads((theirs / "state.json").read_text())
+    assert state == {**expected, "_fingerprint": "0123456789abcdef-train"}
+    if limits:
+        batches = sum(len(list(pa.ipc.open_stream(str(f)))) for f in files)
+        assert 1 < len(files) < batches
+    loaded = datasets.load_from_disk(str(ours))
+    assert loaded["image_id"] == ds["image_id"] and loaded.format["columns"] == ds.column_names
 
 def _build_interrupted_after(suite, monkeypatch, n_writes: int) -> None:
     """Build until `n_writes` shards are written, then stop as Ctrl-C would."""
