@@ -1,8 +1,8 @@
 """Task data on disk: building the variant datasets of a suite, verifying and loading them.
 
 One *variant dataset* holds the feature maps of one (backbone, layer, variant) for every view of
-every image of the suite, as a Hugging Face ``DatasetDict`` (splits ``train`` / ``test``) saved
-with ``save_to_disk``: columns ``image_id``, ``view``, ``label``, ``features`` (float16 C×h×w) and,
+every image of the suite, as a Hugging Face ``DatasetDict`` (splits ``train`` / ``test``) in the
+files ``save_to_disk`` writes (``datasets.load_from_disk`` reads it): columns ``image_id``, ``view``, ``label``, ``features`` (float16 C×h×w) and,
 for vision transformers, ``prefix`` (float16 C×k, the class and register tokens). It lives in
 
     <cache>/datasets/<backbone>/<layer>/<variant>-<key[:16]>/
