@@ -16,9 +16,9 @@ image decoded once, all its variants derived from it), forward only:
 
 The unit is one feature-map set of one image variant (one image through one forward pass), so
 N images and 12 manipulations give 13·N units. Targets: featbench ≥ 2.0× naive and ≥ 0.9× fastest.
-The table's last column is how long the machine's cores sat idle during each best round (Linux's
-/proc/stat): about nothing in the plain forwards, while in a build it shows how often the forward's
-two threads waited for each other when other work took one's core.
+The table's last column is how long the machine's CPU cores sat idle during each best round
+(Linux's /proc/stat). On the CPU it is near nothing for the compiled plain forwards; in a build it
+grows when other work takes one forward thread's core and the other thread waits for it (README).
 
     .venv/bin/python benchmarks/extraction_throughput.py --images ../shared/data/imagenet-samples
 
@@ -237,7 +237,7 @@ def report(best: dict[str, tuple[float, float]]) -> str:
     naive, ours = rate[NAIVE], rate[FEATBENCH]
     fastest = max(rate[COMPILED], rate[FROZEN], rate[FROZEN_KEPT])
     rows = [[name, r, r / naive, r / rate[COMPILED], r / fastest, idle] for name, (r, idle) in best.items()]
-    # Idle core-seconds: time the forward's threads spent waiting for each other (see README).
+    # Idle core-seconds: cores with nothing to run, as when one forward thread waits for the other (README).
     table = tabulate(rows, headers=["", "units/s", "× naive", "× compile", "× fastest", "cores idle (s)"],
                      floatfmt=("", ".1f", ".2f", ".2f", ".2f", ".2f"))
     verdict = [f"featbench ≥ {TARGET_NAIVE}× naive: {'PASS' if ours / naive >= TARGET_NAIVE else 'FAIL'} "
