@@ -381,7 +381,8 @@ class _Assembly:
 
     @staticmethod
     def _staging(ref: VariantRef) -> Path:
-        return ref.path.with_name(ref.path.name + ".tmp")
+        path = ref.path
+        return path.with_name(path.name + ".tmp")
 
     def _save_split(self, variant: str, layer: str, split: str) -> None:
         """One split's shards as one dataset, fingerprinted by the key."""
