@@ -2,8 +2,9 @@
 
 One *variant dataset* holds the feature maps of one (backbone, layer, variant) for every view of
 every image of the suite, as a Hugging Face ``DatasetDict`` (splits ``train`` / ``test``) in the
-files ``save_to_disk`` writes (``datasets.load_from_disk`` reads it): columns ``image_id``, ``view``, ``label``, ``features`` (float16 C×h×w) and,
-for vision transformers, ``prefix`` (float16 C×k, the class and register tokens). It lives in
+files ``save_to_disk`` writes (``datasets.load_from_disk`` reads it): columns ``image_id``,
+``view``, ``label``, ``features`` (float16 C×h×w) and, for vision transformers, ``prefix``
+(float16 C×k, the class and register tokens). It lives in
 
     <cache>/datasets/<backbone>/<layer>/<variant>-<key[:16]>/
 
@@ -264,12 +265,14 @@ def _write_shard(path: Path, schema: pa.Schema, ids: list[str], view_ix: list[in
             columns.append(pa.ExtensionArray.from_storage(schema.field(name).type,
                                                           numpy_to_pyarrow_listarray(array.numpy())))
     table = pa.Table.from_arrays(columns, schema=schema)
+    atomic_write(path, lambda tmp: _write_arrow(tmp, table, datasets.config.DEFAULT_MAX_BATCH_SIZE))
 
-    def write(tmp: str) -> None:
-        with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-            writer.write_table(table, datasets.config.DEFAULT_MAX_BATCH_SIZE)
 
-    atomic_write(path, write)
+def _write_arrow(path: str | Path, table: pa.Table, batch_size: int) -> None:
+    """`table` as an Arrow stream file of record batches of `batch_size` rows, as datasets writes them."""
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        for offset in range(0, len(table), batch_size):
+            writer.write_table(table.slice(offset, batch_size).combine_chunks())
 
 
 def save_table(table: pa.Table, fingerprint: str, directory: Path) -> list[Path]:
@@ -295,9 +298,7 @@ def save_table(table: pa.Table, fingerprint: str, directory: Path) -> list[Path]
     start = 0
     for i, name in enumerate(names):
         end = start + per_file + (i < extra)
-        with pa.OSFile(str(directory / name), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-            for offset in range(start, end, batch_size):
-                writer.write_table(table.slice(offset, min(batch_size, end - offset)).combine_chunks())
+        _write_arrow(directory / name, table.slice(start, end - start), batch_size)
         start = end
     state = {"_data_files": [{"filename": name} for name in names], "_fingerprint": fingerprint,
              "_format_columns": table.column_names, "_format_kwargs": {}, "_format_type": None,
